@@ -1,0 +1,1 @@
+"""Backends: ids, history and fan-out (memory, redis)."""

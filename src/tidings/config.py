@@ -1,0 +1,159 @@
+"""Settings: one model holds every setting's default, type, variable, validation and help.
+
+Each field is a ``tidings serve`` flag (``--queue-size``) and a ``TIDINGS_<NAME>`` variable
+(``TIDINGS_QUEUE_SIZE``); a flag beats the environment, which beats the default. Building
+:class:`Settings` only validates: nothing connects or opens files here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from tidings.errors import ConfigError
+
+__all__ = ["Settings", "is_loopback", "load_settings"]
+
+
+class Settings(BaseSettings):
+    """Every setting of a tidings hub (SPEC §8). Durations are seconds unless named."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TIDINGS_", extra="forbid", validate_default=True, frozen=True
+    )
+
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")
+    backend: str = Field(
+        "memory", description="Event backend: 'memory' (one process) or 'redis://host:port/db'."
+    )
+    store: str = Field(
+        "sqlite:///./tidings.db",
+        description="Task store: 'sqlite:///path' or 'memory' (the Redis backend keeps tasks in "
+        "Redis).",
+    )
+    jwt_secret: SecretStr | None = Field(
+        None, description="HS256 secret for JWTs; turns authentication on."
+    )
+    jwt_public_key: str | None = Field(
+        None,
+        description="RS256/ES256 public key (PEM text or a path to a PEM file); turns "
+        "authentication on.",
+    )
+    allow_query_token: bool = Field(
+        False, description="Accept the token in the 'token' query parameter (for EventSource)."
+    )
+    cors_origin: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Allowed CORS origin (repeatable; comma-separated in the environment).",
+    )
+    keepalive: float = Field(15.0, gt=0, description="Seconds of silence before a ': ping'.")
+    history_size: int = Field(1000, ge=0, description="Events kept per topic for resume.")
+    history_ttl: float = Field(3600.0, gt=0, description="Seconds an event stays in history.")
+    queue_size: int = Field(1000, ge=1, description="Events queued per connection at most.")
+    queue_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Bytes queued per connection at most."
+    )
+    max_connections_per_user: int = Field(
+        100, ge=0, description="Open streams per user (0: no limit)."
+    )
+    max_connections_per_ip: int = Field(
+        1000, ge=0, description="Open streams per client IP (0: no limit)."
+    )
+    connect_rate_limit: float = Field(
+        50.0, ge=0, description="Stream attempts per IP per second (0: no limit)."
+    )
+    publish_rate_limit: float = Field(
+        1000.0, ge=0, description="Publishes per principal per second (0: no limit)."
+    )
+    max_event_bytes: int = Field(65536, ge=1, description="Largest event data, in bytes of JSON.")
+    max_body_bytes: int = Field(1024 * 1024, ge=1024, description="Largest request body, in bytes.")
+    retry: int = Field(3000, ge=0, description="Reconnect delay sent to clients, in ms.")
+    shutdown_grace: float = Field(
+        10.0, ge=0, description="Seconds to flush and end streams on shutdown."
+    )
+    max_connection_age: float | None = Field(
+        None, gt=0, description="End streams older than this (with jitter); off by default."
+    )
+    task_retention: float = Field(
+        86400.0, gt=0, description="Seconds a finished task is kept before it is purged."
+    )
+    insecure: bool = Field(
+        False, description="Allow binding a non-loopback address with authentication off."
+    )
+    log_level: str = Field("info", description="Log level: critical, error, warning, info, debug.")
+    workers: int = Field(1, ge=1, le=64, description="Server processes (needs --backend redis).")
+
+    @field_validator("cors_origin", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("cors_origin")
+    @classmethod
+    def _check_origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ValueError(f"{origin!r} is not an origin like https://app.example.com")
+        return value
+
+    @field_validator("backend")
+    @classmethod
+    def _check_backend(cls, value: str) -> str:
+        if value in ("memory", "memory://") or value.startswith(("redis://", "rediss://")):
+            return value
+        raise ValueError("expected 'memory' or a redis:// URL")
+
+    @field_validator("store")
+    @classmethod
+    def _check_store(cls, value: str) -> str:
+        if value in ("memory", "memory://", "redis") or value.startswith("sqlite:///"):
+            return value
+        raise ValueError("expected 'sqlite:///path' or 'memory'")
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        level = value.lower()
+        if level not in ("critical", "error", "warning", "info", "debug", "trace"):
+            raise ValueError("expected one of critical, error, warning, info, debug")
+        return level
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether JWT authentication is configured."""
+        return self.jwt_secret is not None or self.jwt_public_key is not None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (or ``localhost``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def load_settings(**given: Any) -> Settings:
+    """Build :class:`Settings` from ``given`` values over the environment.
+
+    Raises:
+        ConfigError: a value is invalid; the message names the flag and the variable.
+    """
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc = error["loc"]
+        name = str(loc[0]) if loc else "settings"
+        flag = "--" + name.replace("_", "-")
+        message = error["msg"].removeprefix("Value error, ")
+        raw = error.get("input")
+        shown = "" if name.startswith("jwt") or isinstance(raw, dict) else f" (got {raw!r})"
+        raise ConfigError(f"invalid {flag} / TIDINGS_{name.upper()}: {message}{shown}") from None

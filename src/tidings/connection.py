@@ -1,0 +1,261 @@
+"""One subscriber's stream: a bounded queue of SSE bytes with conflation and backpressure.
+
+Decisions worth knowing before changing this file:
+
+- The queue holds *frames* (already encoded bytes), never events to encode: the hub encodes
+  each event once and every connection shares those bytes (SPEC §4).
+- :meth:`Connection.push` runs inside the hub's dispatch loop, once per matching connection
+  per event. It must not await, allocate much, or touch the subscription index (the index
+  is being iterated). It appends, and wakes the writer only when the writer is waiting; so
+  the events of one loop tick all go out in the writer's next single send.
+- Conflation (SPEC §4): a queued ``task_progress`` of a topic is blanked (``b""``) and the
+  newer frame appended at the end, so ids and ``sequence`` never go backwards on the wire.
+- Over its bound (events or bytes) a connection is aborted, not trimmed: the client resumes
+  from its last id and history fills the hole. Nothing is dropped silently; the hub counts
+  the frames it discarded and the disconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal
+
+from tidings.auth.principal import Principal
+from tidings.events import Event
+
+if TYPE_CHECKING:
+    from tidings.hub import Hub
+
+__all__ = ["CloseReason", "Connection"]
+
+#: Why a stream ends. ``slow`` and ``client`` end it at once; the others flush first.
+CloseReason = Literal["end", "shutdown", "max_age", "auth_expired", "slow", "client", "gone"]
+
+
+class Connection:
+    """A subscriber's stream, owned by the web layer's single writer.
+
+    The writer calls :meth:`next_chunk` in a loop and sends each chunk; ``None`` means the
+    stream is over (see :attr:`close_reason`).
+    """
+
+    __slots__ = (
+        "_bytes",
+        "_conflate",
+        "_count",
+        "_hub",
+        "_queue",
+        "_waiter",
+        "aborter",
+        "close_reason",
+        "created",
+        "end_types",
+        "holding",
+        "ip",
+        "last_id",
+        "last_write",
+        "max_bytes",
+        "max_events",
+        "min_seq",
+        "patterns",
+        "principal",
+        "retire_at",
+        "task_id",
+        "user",
+    )
+
+    def __init__(
+        self,
+        hub: Hub,
+        patterns: tuple[str, ...],
+        principal: Principal,
+        *,
+        max_events: int,
+        max_bytes: int,
+        end_types: frozenset[str] = frozenset(),
+        task_id: str | None = None,
+        ip: str | None = None,
+    ) -> None:
+        self._hub = hub
+        self.patterns = patterns
+        self.principal = principal
+        self.user = principal.user
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.end_types = end_types
+        self.task_id = task_id
+        self.ip = ip
+        self._queue: list[bytes] = []
+        self._conflate: dict[str, int] = {}
+        self._count = 0
+        self._bytes = 0
+        self._waiter: asyncio.Future[None] | None = None
+        #: Called once to cut the transport of a slow client (set by the web layer).
+        self.aborter: Callable[[], None] | None = None
+        self.close_reason: CloseReason | None = None
+        #: While true the writer is not woken: replay is being put in front of the queue.
+        self.holding = True
+        #: Events with a seq at or below this were replayed already (de-duplication).
+        self.min_seq = 0
+        #: Id of the last event queued for this client (what it resumes from).
+        self.last_id: str | None = None
+        now = time.monotonic()
+        self.created = now
+        self.last_write = now
+        #: Monotonic time at which the stream is ended cleanly (max age, token expiry).
+        self.retire_at: float | None = None
+
+    # -- producer side (the hub) -------------------------------------------------------
+
+    def push(self, event: Event) -> None:
+        """Queue ``event`` (dispatch path: no await, no index access)."""
+        if self.close_reason is not None or event.seq <= self.min_seq:
+            return
+        if event.users is not None and (self.user is None or self.user not in event.users):
+            return
+        frame = event.frame
+        queue = self._queue
+        if event.conflatable:
+            at = self._conflate.get(event.topic)
+            if at is not None:
+                self._bytes -= len(queue[at])
+                self._count -= 1
+                queue[at] = b""
+                self._hub._stats.conflated += 1
+            self._conflate[event.topic] = len(queue)
+        queue.append(frame)
+        self._count += 1
+        self._bytes += len(frame)
+        self.last_id = event.id
+        if self._count > self.max_events or self._bytes > self.max_bytes:
+            self._overflow()
+            return
+        if event.type in self.end_types:
+            self.close_reason = "end"
+        waiter = self._waiter
+        if waiter is not None and not self.holding:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def push_raw(self, frame: bytes) -> None:
+        """Queue bytes that are not an event (a comment, a ``gap`` or ``auth_expired``)."""
+        if self.close_reason is not None:
+            return
+        self._queue.append(frame)
+        self._bytes += len(frame)
+        self._wake()
+
+    def put_front(self, events: list[Event], head: bytes = b"") -> None:
+        """Put replayed ``events`` (after ``head``) before everything queued, de-duplicated.
+
+        Live events queued while the replay was read are kept only if newer than the last
+        replayed one, so each event reaches the client exactly once and in order.
+        """
+        if events:
+            self.min_seq = events[-1].seq
+        frames = [head] if head else []
+        count = 0
+        for event in events:
+            if self.principal.may_receive(event.users):
+                frames.append(event.frame)
+                count += 1
+                self.last_id = event.id
+                if event.type in self.end_types:
+                    self.close_reason = "end"
+        live = self._queue
+        if events and live:
+            # The queue may hold live events the replay also returned: rebuild it from the
+            # frames whose id is newer. Frames are compared by their leading "id: <id>" line.
+            live = [f for f in live if not f or _seq_of_frame(f) > self.min_seq]
+        self._queue = frames + live
+        self._conflate.clear()
+        # Replayed frames do not count against the bound: they are bounded by the history
+        # window, and cutting them would only make the client ask for them again.
+        self._count = sum(1 for f in live if f)
+        self._bytes = sum(len(f) for f in live)
+        self._hub._stats.delivered += count
+
+    def release(self) -> None:
+        """End the hold: the writer may send what is queued."""
+        self.holding = False
+        self._wake()
+
+    def close(self, reason: CloseReason) -> None:
+        """End the stream: ``slow``/``client`` at once, other reasons after a flush."""
+        if self.close_reason is None or reason in ("slow", "client"):
+            self.close_reason = reason
+        self.holding = False
+        self._wake(force=True)
+
+    def _overflow(self) -> None:
+        hub = self._hub
+        hub._stats.slow_disconnects += 1
+        hub._stats.dropped += self._count
+        self._queue = []
+        self._conflate.clear()
+        self._count = self._bytes = 0
+        self.close_reason = "slow"
+        self._wake(force=True)
+        if self.aborter is not None:
+            self.aborter()
+
+    def _wake(self, *, force: bool = False) -> None:
+        waiter = self._waiter
+        if waiter is not None and (force or not self.holding):
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # -- consumer side (the writer) ------------------------------------------------------
+
+    @property
+    def queued(self) -> int:
+        """Events waiting to be sent."""
+        return self._count
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes waiting to be sent."""
+        return self._bytes
+
+    async def next_chunk(self) -> bytes | None:
+        """Wait for bytes to send, and take everything queued as one chunk.
+
+        Returns ``None`` when the stream is over. For ``end``, ``shutdown``, ``max_age`` and
+        ``auth_expired`` the queue is flushed first; for ``slow`` and ``client`` it is not.
+        """
+        while True:
+            reason = self.close_reason
+            if reason == "slow" or reason == "client":
+                return None
+            if self._queue and not self.holding:
+                chunk = b"".join(self._queue) if len(self._queue) > 1 else self._queue[0]
+                self._hub._stats.delivered += self._count
+                self._queue = []
+                if self._conflate:
+                    self._conflate.clear()
+                self._count = self._bytes = 0
+                self.last_write = time.monotonic()
+                if chunk:
+                    return chunk
+                continue
+            if reason is not None:
+                return None
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiter = waiter
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+
+
+def _seq_of_frame(frame: bytes) -> int:
+    """The seq of an event frame (``id: <epoch>-<seq>\\n...``); 0 for non-event frames."""
+    if not frame.startswith(b"id: "):
+        return 0
+    line = frame[4 : frame.index(b"\n")]
+    _, _, seq = line.rpartition(b"-")
+    return int(seq) if seq.isdigit() else 0

@@ -1,0 +1,184 @@
+"""Events: what is published, how it is identified, and its SSE bytes (encoded once).
+
+A publish becomes a :class:`Draft` (validated, payload serialized to JSON once). The backend
+gives it its place in the hub's total order, an :class:`EventId`, and turns it into an
+:class:`Event`, whose :attr:`Event.frame` holds the exact SSE bytes every subscriber gets.
+Nothing downstream encodes again, whatever the number of subscribers (SPEC §4).
+
+Ids are ``<epoch>-<seq>``: ``seq`` rises by one with every event of the hub (across topics,
+and across processes sharing a Redis backend), and ``epoch`` names the history the ids belong
+to. A hub whose history was lost (a restarted memory hub, a flushed Redis) gets a new epoch,
+so an id from before is recognised as "not an id this hub issues" and the client gets a
+``gap`` instead of a silent hole.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Final
+
+import orjson
+
+from tidings.errors import EventTooLarge, InvalidEvent
+from tidings.topics import validate_topic
+from tidings.types import JSON, PRIORITIES, Priority
+from tidings.wire import validate_field
+
+__all__ = [
+    "CONFLATED_TYPES",
+    "MAX_ID_BYTES",
+    "Draft",
+    "Event",
+    "EventId",
+    "make_draft",
+    "new_epoch",
+]
+
+#: Longest ``Last-Event-ID`` the hub accepts (SPEC §3: longer is a 400).
+MAX_ID_BYTES: Final = 256
+
+#: Event types whose queued copies are replaced by newer ones of the same topic (SPEC §4).
+CONFLATED_TYPES: Final = frozenset({"task_progress"})
+
+
+def new_epoch() -> str:
+    """A fresh random epoch: 8 lowercase hex characters."""
+    return secrets.token_hex(4)
+
+
+@dataclass(frozen=True, slots=True)
+class EventId:
+    """A parsed event id: ``epoch`` and the hub-wide sequence number ``seq``."""
+
+    epoch: str
+    seq: int
+
+    def __str__(self) -> str:
+        return f"{self.epoch}-{self.seq}"
+
+    @classmethod
+    def parse(cls, text: str) -> EventId | None:
+        """Parse ``<epoch>-<seq>``; ``None`` when ``text`` is not shaped like a tidings id."""
+        epoch, sep, seq = text.rpartition("-")
+        if not sep or not epoch or not seq.isdigit() or not seq.isascii() or len(seq) > 20:
+            return None
+        return cls(epoch, int(seq))
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """A validated event that has no id yet.
+
+    ``payload`` is the JSON of the published data, serialized once. ``users``, when set,
+    limits delivery to connections of those user ids.
+    """
+
+    topic: str
+    type: str
+    payload: bytes
+    priority: Priority = "normal"
+    users: frozenset[str] | None = None
+    retry: int | None = None
+    time: float = field(default_factory=time.time)
+
+    @property
+    def conflatable(self) -> bool:
+        """Whether a newer event of the same topic may replace a queued copy of this one."""
+        return self.type in CONFLATED_TYPES and self.priority != "high"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A published event with its place in the hub's order and its SSE bytes."""
+
+    id: str
+    seq: int
+    topic: str
+    type: str
+    payload: bytes
+    priority: Priority
+    users: frozenset[str] | None
+    retry: int | None
+    time: float
+    frame: bytes
+    conflatable: bool
+
+    @classmethod
+    def from_draft(cls, draft: Draft, event_id: EventId) -> Event:
+        """Give ``draft`` its id and encode its SSE frame (the only encoding it gets)."""
+        ident = str(event_id)
+        return cls(
+            id=ident,
+            seq=event_id.seq,
+            topic=draft.topic,
+            type=draft.type,
+            payload=draft.payload,
+            priority=draft.priority,
+            users=draft.users,
+            retry=draft.retry,
+            time=draft.time,
+            frame=encode_frame(ident, draft.type, draft.payload, draft.retry),
+            conflatable=draft.conflatable,
+        )
+
+    @property
+    def data(self) -> JSON:
+        """The published data, decoded from :attr:`payload`."""
+        return orjson.loads(self.payload)
+
+
+def encode_frame(ident: str, type: str, payload: bytes, retry: int | None) -> bytes:
+    """SSE bytes for an event whose payload is compact JSON (one ``data:`` line).
+
+    JSON as orjson writes it never holds a raw CR or LF (they are escaped), and ``ident`` and
+    ``type`` were checked by :func:`tidings.wire.validate_field`, so no event can be forged
+    through them. :func:`tidings.wire.encode_event` is the general encoder for raw text.
+    """
+    head = f"id: {ident}\n" if type == "message" else f"id: {ident}\nevent: {type}\n"
+    if retry is not None:
+        head += f"retry: {retry}\n"
+    return b"".join((head.encode(), b"data: ", payload, b"\n\n"))
+
+
+def make_draft(
+    topic: str,
+    data: JSON,
+    *,
+    type: str = "message",
+    priority: str = "normal",
+    users: list[str] | tuple[str, ...] | frozenset[str] | None = None,
+    retry: int | None = None,
+    max_bytes: int | None = None,
+) -> Draft:
+    """Validate a publish and serialize its data once.
+
+    Raises:
+        InvalidTopic: ``topic`` breaks SPEC §2.
+        InvalidEvent: a CR, LF or NUL in ``type``, an unknown priority, a negative ``retry``,
+            data that is not JSON-serializable.
+        EventTooLarge: the JSON payload is over ``max_bytes``.
+    """
+    validate_topic(topic)
+    if not type:
+        raise InvalidEvent("type must not be empty")
+    validate_field(type, name="type")
+    if priority not in PRIORITIES:
+        raise InvalidEvent("priority must be one of 'low', 'normal', 'high'")
+    if retry is not None and (isinstance(retry, bool) or not isinstance(retry, int) or retry < 0):
+        raise InvalidEvent("retry must be a non-negative integer (milliseconds)")
+    try:
+        payload = orjson.dumps(data)
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        raise InvalidEvent(f"data is not JSON-serializable: {exc}") from exc
+    if max_bytes is not None and len(payload) > max_bytes:
+        raise EventTooLarge(f"data is {len(payload)} bytes as JSON; the limit is {max_bytes}")
+    return Draft(
+        topic=topic,
+        type=type,
+        payload=payload,
+        priority=priority,  # type: ignore[arg-type]  # checked against PRIORITIES above
+        users=frozenset(users) if users is not None else None,
+        retry=retry,
+    )

@@ -1,0 +1,517 @@
+"""The hub: publish, dispatch to connections, keep-alive, and shutdown.
+
+One data path for everyone: HTTP publishes, in-process ``hub.publish`` calls and the task
+service all end in :meth:`Hub.append`, which hands the draft to the backend; the backend
+gives it its id and calls :meth:`Hub._dispatch` on every node; dispatch looks the topic up in
+the subscription index and pushes the shared frame onto each matching connection.
+
+Background work has one owner: :meth:`Hub.start` starts the backend and a single ticker task
+(keep-alive, maximum age, token expiry, resumes waiting for the backend), and
+:meth:`Hub.aclose` stops them. No task is created per event, and none per connection here
+(the web layer runs each stream's writer in its request task).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from tidings.auth.principal import ANONYMOUS, Principal
+from tidings.backends.base import Appended, Backend, Replay
+from tidings.config import Settings, load_settings
+from tidings.connection import Connection
+from tidings.errors import BackendUnavailable, InvalidTopic, NotAuthorized, ShuttingDown
+from tidings.events import MAX_ID_BYTES, Draft, Event, make_draft
+from tidings.topics import TopicIndex, validate_pattern
+from tidings.types import JSON
+from tidings.wire import KEEPALIVE, encode_comment, encode_event, encode_retry
+
+if TYPE_CHECKING:
+    from fastapi import APIRouter
+    from starlette.types import ASGIApp
+
+    from tidings.tasks.service import TaskService
+
+__all__ = ["MAX_TOPICS", "Hub", "HubStatistics", "open_backend"]
+
+logger = logging.getLogger("tidings.hub")
+
+#: At most this many topics in one subscription (SPEC §3).
+MAX_TOPICS = 32
+#: Topic prefix whose events only the task service writes.
+RESERVED_PREFIX = "tasks/"
+
+
+@dataclass(slots=True)
+class _Counters:
+    published: int = 0
+    delivered: int = 0
+    conflated: int = 0
+    dropped: int = 0
+    slow_disconnects: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class HubStatistics:
+    """A snapshot of the hub for ``/stats`` and ``/metrics``."""
+
+    connections: int
+    by_topic: dict[str, int]
+    by_task: dict[str, int]
+    by_user: dict[str, int]
+    published: int
+    delivered: int
+    conflated: int
+    dropped: int
+    slow_disconnects: int
+    uptime_seconds: float
+    queued_events: int = 0
+    by_ip: dict[str, int] = field(default_factory=dict)
+
+
+def open_backend(url: str, settings: Settings) -> Backend:
+    """The backend for ``url``: ``memory`` or ``redis://…`` (imported only when used)."""
+    if url in ("memory", "memory://"):
+        from tidings.backends.memory import MemoryBackend
+
+        return MemoryBackend(history_size=settings.history_size, history_ttl=settings.history_ttl)
+    from tidings.backends.redis import RedisBackend
+
+    return RedisBackend(url, history_size=settings.history_size, history_ttl=settings.history_ttl)
+
+
+class Hub:
+    """An SSE hub: topics, publish, resumable streams and tasks.
+
+    Embed it in an ASGI app::
+
+        hub = Hub()
+        app = FastAPI(lifespan=hub.lifespan)
+        app.include_router(hub.router)
+        ...
+        await hub.publish("chat/general", {"text": "hi"}, type="chat_message")
+
+    Args:
+        settings: a :class:`~tidings.config.Settings`; built from the environment if omitted.
+        backend: a backend URL or instance; overrides ``settings.backend``.
+        authenticate: ``authenticate(request) -> Principal | None`` for applications with
+            their own auth; it replaces the built-in JWT check.
+        **options: any other setting by name (``history_size=100``), over ``settings``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        backend: str | Backend | None = None,
+        authenticate: Callable[[Any], Any] | None = None,
+        **options: Any,
+    ) -> None:
+        if settings is None:
+            if isinstance(backend, str):
+                options["backend"] = backend
+            settings = load_settings(**options)
+        elif options:
+            settings = settings.model_copy(update=options)
+        self.settings = settings
+        self._backend_arg = backend
+        self.backend: Backend = (
+            backend
+            if backend is not None and not isinstance(backend, str)
+            else open_backend(settings.backend, settings)
+        )
+        self.authenticate = authenticate
+        self._index: TopicIndex[Connection] = TopicIndex()
+        self._live: set[Connection] = set()
+        self._pending_replay: dict[Connection, tuple[str, str]] = {}
+        self._stats = _Counters()
+        self._started_at = time.monotonic()
+        self._ticker: asyncio.Task[None] | None = None
+        self._running = False
+        self._closing = False
+        self._closed = asyncio.Event()
+        self._previous_handlers: dict[int, Any] = {}
+        self._opening = encode_retry(settings.retry)[:-1] + encode_comment("tidings")
+        self._tasks: TaskService | None = None
+        self._router: APIRouter | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect the backend and start the ticker. Idempotent."""
+        if self._running:
+            return
+        await self.backend.start(self._dispatch)
+        await self.tasks.start()
+        self._running = True
+        self._closing = False
+        self._ticker = asyncio.create_task(self._tick_forever(), name="tidings-hub-ticker")
+
+    async def aclose(self) -> None:
+        """End every stream, stop background work and close the backend."""
+        if not self._running:
+            return
+        self.begin_shutdown()
+        await self.wait_streams_closed(self.settings.shutdown_grace)
+        self._running = False
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+            self._ticker = None
+        if self._tasks is not None:
+            await self._tasks.aclose()
+        await self.backend.aclose()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
+        """ASGI lifespan: ``FastAPI(lifespan=hub.lifespan)``.
+
+        Besides :meth:`start`/:meth:`aclose`, it chains a SIGTERM/SIGINT handler in front of
+        the server's own, so open streams are flushed and ended the moment the server is
+        asked to stop (an ASGI server waits for open responses before it runs the lifespan's
+        shutdown; without this an SSE stream would hold it until its grace timeout).
+        """
+        await self.start()
+        self._install_signal_handlers()
+        try:
+            yield
+        finally:
+            self._restore_signal_handlers()
+            await self.aclose()
+
+    def begin_shutdown(self) -> None:
+        """Refuse new streams (503) and end every open one once its queue is flushed."""
+        if self._closing:
+            return
+        self._closing = True
+        for conn in list(self._live):
+            conn.close("shutdown")
+        logger.info("shutting down: ending %d streams", len(self._live))
+
+    @property
+    def shutting_down(self) -> bool:
+        """Whether :meth:`begin_shutdown` was called."""
+        return self._closing
+
+    async def wait_streams_closed(self, timeout: float) -> bool:
+        """Wait until every stream has ended; abort the ones still stuck after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while self._live and time.monotonic() < deadline:
+            self._closed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closed.wait(), deadline - time.monotonic())
+        stuck = list(self._live)
+        for conn in stuck:
+            conn.close("slow")
+            if conn.aborter is not None:
+                conn.aborter()
+        return not stuck
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                previous = signal.getsignal(sig)
+            except (ValueError, OSError):  # pragma: no cover - not the main thread
+                continue
+            def handler(
+                signum: int,
+                frame: FrameType | None,
+                previous: Any = previous,
+            ) -> None:
+                loop.call_soon_threadsafe(self.begin_shutdown)
+                if callable(previous):
+                    previous(signum, frame)
+                elif previous == signal.SIG_DFL and signum == signal.SIGINT:
+                    raise KeyboardInterrupt
+
+            try:
+                signal.signal(sig, handler)
+            except (ValueError, OSError):  # pragma: no cover - not the main thread
+                continue
+            self._previous_handlers[sig] = previous
+
+    def _restore_signal_handlers(self) -> None:
+        for sig, previous in self._previous_handlers.items():
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(sig, previous)
+        self._previous_handlers.clear()
+
+    # -- publish -------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        topic: str,
+        data: JSON = None,
+        *,
+        type: str = "message",
+        priority: str = "normal",
+        users: Iterable[str] | None = None,
+        retry: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Publish ``data`` on ``topic`` and return the event id.
+
+        Raises:
+            InvalidTopic, InvalidEvent, EventTooLarge: the event is invalid (nothing sent).
+            NotAuthorized: ``topic`` is a reserved ``tasks/...`` topic; use ``hub.tasks``.
+            BackendUnavailable: the backend is down (nothing published, key not used).
+        """
+        if topic.startswith(RESERVED_PREFIX):
+            raise NotAuthorized(
+                "tasks/... topics are written by the task service only", code="reserved_topic"
+            )
+        draft = make_draft(
+            topic,
+            data,
+            type=type,
+            priority=priority,
+            users=tuple(users) if users is not None else None,
+            retry=retry,
+            max_bytes=self.settings.max_event_bytes,
+        )
+        appended = await self.append(draft, idempotency_key=idempotency_key)
+        return appended.id
+
+    async def append(self, draft: Draft, *, idempotency_key: str | None = None) -> Appended:
+        """Publish a validated draft (any topic; the task service's entry point)."""
+        if not self._running:
+            raise ShuttingDown("the hub is not running")
+        appended = await self.backend.append(draft, idempotency_key=idempotency_key)
+        if not appended.duplicate:
+            self._stats.published += 1
+        return appended
+
+    def _dispatch(self, event: Event) -> None:
+        """Push ``event`` to every matching connection (called by the backend)."""
+        for conn in self._index.match(event.topic):
+            conn.push(event)
+
+    # -- subscribe -----------------------------------------------------------------------
+
+    async def open_stream(
+        self,
+        patterns: Sequence[str],
+        *,
+        principal: Principal = ANONYMOUS,
+        last_event_id: str | None = None,
+        end_types: frozenset[str] = frozenset(),
+        task_id: str | None = None,
+        ip: str | None = None,
+        opening: Callable[[Connection], Any] | None = None,
+    ) -> Connection:
+        """Register a stream on ``patterns`` and queue its opening bytes and replay.
+
+        The connection is in the index *before* history is read, so no event can fall
+        between replay and live delivery; :meth:`Connection.put_front` removes events seen
+        twice. When the backend is down the stream still opens; its replay is retried by
+        the ticker and nothing live is sent before it (order is kept).
+
+        ``opening``, if given, is awaited after registration and before the replay, to put
+        a first event (a task snapshot) on the stream.
+
+        Raises:
+            InvalidTopic: a bad pattern, none, or more than 32; an id over 256 bytes.
+            NotAuthorized: the principal may not subscribe to a pattern (403).
+            ShuttingDown: the hub is stopping (503).
+        """
+        if self._closing or not self._running:
+            raise ShuttingDown("the hub is shutting down; reconnect to another node")
+        patterns = check_patterns(patterns)
+        if last_event_id is not None and len(last_event_id.encode()) > MAX_ID_BYTES:
+            raise InvalidTopic(
+                f"Last-Event-ID is over {MAX_ID_BYTES} bytes", code="invalid_last_event_id"
+            )
+        for pattern in patterns:
+            if not principal.may_subscribe(pattern) and not (
+                task_id is not None and pattern == f"tasks/{task_id}"
+            ):
+                raise NotAuthorized(f"not allowed to subscribe to {pattern!r}", code="forbidden")
+        settings = self.settings
+        conn = Connection(
+            self,
+            patterns,
+            principal,
+            max_events=settings.queue_size,
+            max_bytes=settings.queue_bytes,
+            end_types=end_types,
+            task_id=task_id,
+            ip=ip,
+        )
+        if settings.max_connection_age is not None:
+            age = settings.max_connection_age * random.uniform(0.85, 1.0)
+            conn.retire_at = conn.created + age
+        if principal.expires_at is not None:
+            left = principal.expires_at - time.time()
+            at = conn.created + max(0.0, left)
+            conn.retire_at = at if conn.retire_at is None else min(conn.retire_at, at)
+        self._register(conn)
+        conn.push_raw(self._opening)
+        try:
+            if opening is not None:
+                await opening(conn)
+            if last_event_id is not None:
+                await self._resume(conn, last_event_id)
+        except BackendUnavailable:
+            if last_event_id is not None:
+                self._pending_replay[conn] = (last_event_id, "")
+                return conn
+        except BaseException:
+            self.close_stream(conn)
+            raise
+        conn.release()
+        return conn
+
+    async def _resume(self, conn: Connection, last_event_id: str) -> None:
+        replay: Replay = await self.backend.replay(conn.patterns, last_event_id)
+        if replay.gap is not None:
+            gap = replay.gap
+            data = orjson.dumps({"last_event_id": gap.last_event_id, "reason": gap.reason})
+            head = encode_event(data.decode(), event="gap", id=gap.latest_id)
+            conn.put_front([], head)
+        else:
+            conn.put_front(list(replay.events))
+
+    def close_stream(self, conn: Connection) -> None:
+        """Unregister ``conn`` (the writer calls this when the stream ends, however)."""
+        if conn not in self._live:
+            return
+        self._live.discard(conn)
+        self._pending_replay.pop(conn, None)
+        for pattern in conn.patterns:
+            self._index.discard(pattern, conn)
+        if conn.close_reason is None:
+            conn.close("client")
+        if not self._live:
+            self._closed.set()
+
+    def _register(self, conn: Connection) -> None:
+        self._live.add(conn)
+        for pattern in conn.patterns:
+            self._index.add(pattern, conn)
+
+    # -- background ----------------------------------------------------------------------
+
+    async def _tick_forever(self) -> None:
+        interval = min(1.0, self.settings.keepalive / 2)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("hub ticker failed; retrying")
+
+    async def _tick(self) -> None:
+        now = time.monotonic()
+        idle_after = self.settings.keepalive
+        for conn in list(self._live):
+            if conn.retire_at is not None and now >= conn.retire_at:
+                if conn.principal.expires_at is not None and time.time() >= (
+                    conn.principal.expires_at - 0.001
+                ):
+                    conn.push_raw(
+                        encode_event(
+                            orjson.dumps(
+                                {"reason": "token expired", "last_event_id": conn.last_id}
+                            ).decode(),
+                            event="auth_expired",
+                        )
+                    )
+                    conn.close("auth_expired")
+                else:
+                    conn.close("max_age")
+            elif not conn.holding and now - conn.last_write >= idle_after and not conn.queued:
+                conn.push_raw(KEEPALIVE)
+        for conn, (last_id, _) in list(self._pending_replay.items()):
+            try:
+                await self._resume(conn, last_id)
+            except BackendUnavailable:
+                break
+            self._pending_replay.pop(conn, None)
+            conn.release()
+
+    # -- introspection -------------------------------------------------------------------
+
+    def statistics(self) -> HubStatistics:
+        """Counts for ``/stats``: connections by topic, task, user and IP; event counters."""
+        by_topic: Counter[str] = Counter()
+        by_task: Counter[str] = Counter()
+        by_user: Counter[str] = Counter()
+        by_ip: Counter[str] = Counter()
+        queued = 0
+        for conn in self._live:
+            by_topic.update(conn.patterns)
+            if conn.task_id is not None:
+                by_task[conn.task_id] += 1
+            by_user[conn.user if conn.user is not None else "anonymous"] += 1
+            if conn.ip is not None:
+                by_ip[conn.ip] += 1
+            queued += conn.queued
+        stats = self._stats
+        return HubStatistics(
+            connections=len(self._live),
+            by_topic=dict(by_topic),
+            by_task=dict(by_task),
+            by_user=dict(by_user),
+            by_ip=dict(by_ip),
+            published=stats.published,
+            delivered=stats.delivered,
+            conflated=stats.conflated,
+            dropped=stats.dropped,
+            slow_disconnects=stats.slow_disconnects,
+            uptime_seconds=time.monotonic() - self._started_at,
+            queued_events=queued,
+        )
+
+    def connections(self) -> list[Connection]:
+        """The open streams (a copy)."""
+        return list(self._live)
+
+    # -- embedding -----------------------------------------------------------------------
+
+    @property
+    def tasks(self) -> TaskService:
+        """The task service (``hub.tasks.create/progress/complete/...``)."""
+        if self._tasks is None:
+            from tidings.tasks.service import TaskService
+
+            self._tasks = TaskService(self)
+        return self._tasks
+
+    @property
+    def router(self) -> APIRouter:
+        """A FastAPI router with every tidings endpoint, for ``app.include_router``."""
+        if self._router is None:
+            from tidings.web.routes import build_router
+
+            self._router = build_router(self)
+        return self._router
+
+    def asgi_app(self) -> ASGIApp:
+        """A complete ASGI app (routes, error handling, CORS) for ``app.mount`` or uvicorn."""
+        from tidings.web.app import create_app
+
+        return create_app(self)
+
+
+def check_patterns(patterns: Sequence[str]) -> tuple[str, ...]:
+    """Validate a subscription's patterns (1 to 32, each valid), without duplicates."""
+    if not patterns:
+        raise InvalidTopic("at least one topic is required", code="missing_topic")
+    if len(patterns) > MAX_TOPICS:
+        raise InvalidTopic(f"at most {MAX_TOPICS} topics per subscription", code="too_many_topics")
+    return tuple(dict.fromkeys(validate_pattern(p) for p in patterns))

@@ -1,0 +1,1 @@
+"""The HTTP layer: routes, SSE responses, the standalone app."""

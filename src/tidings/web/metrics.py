@@ -1,0 +1,61 @@
+"""``/metrics``: the hub's counters in Prometheus text format, read at scrape time.
+
+Nothing is counted twice: the collector reads :meth:`Hub.statistics`, the same numbers as
+``/stats``, so the hot path pays for plain integer increments only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from tidings.hub import Hub, HubStatistics
+
+__all__ = ["render_metrics"]
+
+
+class _HubCollector(Collector):
+    def __init__(self, stats: HubStatistics, active_tasks: int) -> None:
+        self.stats = stats
+        self.active_tasks = active_tasks
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.stats
+        yield GaugeMetricFamily("tidings_connections", "Open event streams.", value=s.connections)
+        by_topic = GaugeMetricFamily(
+            "tidings_connections_by_topic",
+            "Open streams per subscribed pattern.",
+            labels=["topic"],
+        )
+        for topic, count in sorted(s.by_topic.items()):
+            by_topic.add_metric([topic], count)
+        yield by_topic
+        for name, value, text in (
+            ("published", s.published, "Events published through this node."),
+            ("delivered", s.delivered, "Event deliveries written to streams."),
+            ("conflated", s.conflated, "Queued task_progress events replaced by newer ones."),
+            ("dropped", s.dropped, "Queued events discarded when a slow client was cut."),
+            ("slow_disconnects", s.slow_disconnects, "Streams cut for being over their bound."),
+        ):
+            yield CounterMetricFamily(f"tidings_events_{name}", text, value=value)
+        yield GaugeMetricFamily(
+            "tidings_queued_events", "Events waiting in stream queues.", value=s.queued_events
+        )
+        yield GaugeMetricFamily(
+            "tidings_tasks_active", "Tasks pending or running.", value=self.active_tasks
+        )
+        yield GaugeMetricFamily(
+            "tidings_uptime_seconds", "Seconds since the hub started.", value=s.uptime_seconds
+        )
+
+
+def render_metrics(hub: Hub, active_tasks: int) -> tuple[bytes, str]:
+    """The Prometheus exposition of ``hub`` and its content type."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_HubCollector(hub.statistics(), active_tasks))
+    return generate_latest(registry), CONTENT_TYPE_LATEST

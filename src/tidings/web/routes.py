@@ -1,0 +1,226 @@
+"""The HTTP API (SPEC §3): thin routes over the same calls the Python API offers."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.responses import Response
+
+from tidings.errors import InvalidEvent, InvalidTopic, NotAuthorized, TidingsError
+from tidings.hub import check_patterns
+from tidings.web.errors import TidingsRoute, error_response, validation_message
+from tidings.web.metrics import render_metrics
+from tidings.web.security import client_ip, resolve_principal
+from tidings.web.streaming import EventStreamResponse
+
+if TYPE_CHECKING:
+    from tidings.hub import Hub
+
+__all__ = ["PublishRequest", "build_router", "read_json_object"]
+
+
+class PublishRequest(BaseModel):
+    """Body of ``POST /publish``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    topic: str = Field(description="Topic to publish on, e.g. 'chat/general'.")
+    type: str = Field("message", min_length=1, max_length=256, description="SSE event type.")
+    data: Any = Field(None, description="Any JSON value; sent as compact JSON.")
+    priority: Literal["low", "normal", "high"] = "normal"
+    users: list[str] | None = Field(
+        None, description="Deliver only to connections of these user ids."
+    )
+    retry: int | None = Field(None, ge=0, description="Reconnect delay to send, in ms.")
+    idempotency_key: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="Safe retries: repeated keys within "
+        "5 minutes publish nothing and return the first id.",
+    )
+
+
+class PublishResponse(BaseModel):
+    """Body of a ``202`` answer to ``POST /publish``."""
+
+    id: str
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: ``{"error": {"code", "message"}}``."""
+
+    error: ErrorDetail
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text}
+    for status, text in (
+        (400, "Malformed request"),
+        (401, "Missing or invalid credentials"),
+        (403, "Not allowed"),
+        (404, "Not found"),
+        (409, "Conflict"),
+        (413, "Too large"),
+        (422, "Invalid fields"),
+        (429, "Too many requests"),
+        (503, "Shutting down or backend unavailable"),
+    )
+}
+
+
+async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
+    """The request body as a JSON object, read with a size limit.
+
+    Raises:
+        TidingsError: 413 over ``limit``; 400 not JSON, or not an object.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _too_large(limit)
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise TidingsError("body is not valid JSON", code="malformed_json") from None
+    if not isinstance(value, dict):
+        raise TidingsError("body must be a JSON object", code="malformed_json")
+    return value
+
+
+def _too_large(limit: int) -> TidingsError:
+    error = TidingsError(f"request body is over {limit} bytes", code="body_too_large")
+    error.status = 413
+    return error
+
+
+def build_router(hub: Hub) -> APIRouter:
+    """Every tidings endpoint, bound to ``hub``."""
+    router = APIRouter(route_class=TidingsRoute, responses=ERRORS)
+
+    @router.get(
+        "/events",
+        summary="Subscribe to topics (Server-Sent Events)",
+        response_class=EventStreamResponse,
+        responses={200: {"content": {"text/event-stream": {}}, "description": "Event stream"}},
+    )
+    async def events(
+        request: Request,
+        topic: Annotated[list[str], Query(description="Topic or pattern (1 to 32).")] = [],  # noqa: B006
+        last_event_id: Annotated[
+            str | None, Query(description="Resume after this id (if no Last-Event-ID header).")
+        ] = None,
+        token: Annotated[str | None, Query(description="Token, if query tokens are on.")] = None,
+    ) -> Response:
+        if hub.shutting_down:
+            return error_response(503, "shutting_down", "the hub is shutting down")
+        patterns = check_patterns(topic)
+        resume = request.headers.get("last-event-id", last_event_id)
+        principal = await resolve_principal(hub, request)
+        conn = await hub.open_stream(
+            patterns,
+            principal=principal,
+            last_event_id=resume or None,
+            ip=client_ip(request),
+        )
+        return EventStreamResponse(hub, conn)
+
+    @router.post(
+        "/publish",
+        status_code=202,
+        summary="Publish an event",
+        response_model=PublishResponse,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": PublishRequest.model_json_schema()}},
+            }
+        },
+    )
+    async def publish(request: Request) -> Response:
+        principal = await resolve_principal(hub, request)
+        raw = await read_json_object(request, hub.settings.max_body_bytes)
+        try:
+            body = PublishRequest.model_validate(raw)
+        except ValidationError as exc:
+            raise InvalidEvent(validation_message(exc), code="invalid_request") from None
+        if not body.topic.startswith("tasks/") and not principal.may_publish(body.topic):
+            raise NotAuthorized(f"not allowed to publish on {body.topic!r}")
+        try:
+            event_id = await hub.publish(
+                body.topic,
+                body.data,
+                type=body.type,
+                priority=body.priority,
+                users=body.users,
+                retry=body.retry,
+                idempotency_key=body.idempotency_key,
+            )
+        except InvalidTopic as exc:
+            raise InvalidEvent(f"topic: {exc.message}", code="invalid_topic") from None
+        return Response(
+            orjson.dumps({"id": event_id}), status_code=202, media_type="application/json"
+        )
+
+    @router.get("/stats", summary="Connection and event counters")
+    async def stats(request: Request) -> dict[str, Any]:
+        await _require_admin(hub, request)
+        s = hub.statistics()
+        tasks_active = await hub.tasks.count_active()
+        return {
+            "connections": {
+                "total": s.connections,
+                "by_topic": s.by_topic,
+                "by_task": s.by_task,
+                "by_user": s.by_user,
+            },
+            "events": {
+                "published": s.published,
+                "delivered": s.delivered,
+                "conflated": s.conflated,
+                "dropped": s.dropped,
+                "slow_disconnects": s.slow_disconnects,
+            },
+            "tasks": {"active": tasks_active},
+            "uptime_seconds": round(s.uptime_seconds, 3),
+        }
+
+    @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def metrics(request: Request) -> Response:
+        await _require_admin(hub, request)
+        body, content_type = render_metrics(hub, await hub.tasks.count_active())
+        return Response(body, media_type=content_type)
+
+    @router.get("/healthz", summary="The process is up")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz", summary="The backend is reachable", response_model=None)
+    async def readyz() -> Response | dict[str, str]:
+        if hub.shutting_down:
+            return error_response(503, "shutting_down", "the hub is shutting down")
+        if not await hub.backend.ping():
+            return error_response(503, "backend_unavailable", "the backend is unreachable")
+        return {"status": "ready"}
+
+    return router
+
+
+async def _require_admin(hub: Hub, request: Request) -> None:
+    if hub.authenticate is None and not hub.settings.auth_enabled:
+        return
+    principal = await resolve_principal(hub, request)
+    if not principal.admin and not principal.unrestricted:
+        raise NotAuthorized("admin only")

@@ -1,0 +1,81 @@
+"""Who is calling: resolve a request to a :class:`~tidings.auth.principal.Principal`."""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING
+
+from starlette.requests import HTTPConnection
+
+from tidings.auth.jwt import JWTVerifier
+from tidings.auth.principal import ANONYMOUS, Principal
+from tidings.errors import NotAuthorized
+
+if TYPE_CHECKING:
+    from tidings.hub import Hub
+
+__all__ = ["client_ip", "resolve_principal", "token_of"]
+
+COOKIE = "tidings_token"
+
+
+def token_of(conn: HTTPConnection, *, allow_query: bool) -> str | None:
+    """The bearer token of a request: header, then cookie, then (if allowed) ``?token=``."""
+    header = conn.headers.get("authorization")
+    if header is not None:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise NotAuthorized(
+                "expected 'Authorization: Bearer <token>'", status=401, code="invalid_token"
+            )
+        return value.strip()
+    cookie = conn.cookies.get(COOKIE)
+    if cookie:
+        return cookie
+    if allow_query:
+        return conn.query_params.get("token") or None
+    return None
+
+
+async def resolve_principal(hub: Hub, conn: HTTPConnection) -> Principal:
+    """The principal of ``conn``.
+
+    An application's own ``authenticate`` callable wins; otherwise JWT when configured;
+    otherwise (auth off) the anonymous principal, which may use every topic.
+
+    Raises:
+        NotAuthorized: (401) no or bad credentials while auth is on.
+    """
+    if hub.authenticate is not None:
+        result = hub.authenticate(conn)
+        if inspect.isawaitable(result):
+            result = await result
+        if result is None:
+            raise NotAuthorized("authentication required", code="unauthenticated", status=401)
+        if not isinstance(result, Principal):
+            raise TypeError("authenticate() must return a tidings Principal or None")
+        return result
+    verifier = _verifier(hub)
+    if verifier is None:
+        return ANONYMOUS
+    token = token_of(conn, allow_query=hub.settings.allow_query_token)
+    if token is None:
+        raise NotAuthorized("authentication required", code="unauthenticated", status=401)
+    return verifier.verify(token)
+
+
+def _verifier(hub: Hub) -> JWTVerifier | None:
+    cached: JWTVerifier | None = getattr(hub, "_jwt_verifier", None)
+    if cached is not None or not hub.settings.auth_enabled:
+        return cached
+    settings = hub.settings
+    secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
+    verifier = JWTVerifier(secret=secret, public_key=settings.jwt_public_key)
+    hub._jwt_verifier = verifier  # type: ignore[attr-defined]  # lazily built cache
+    return verifier
+
+
+def client_ip(conn: HTTPConnection) -> str:
+    """The client's address as the server saw it (use the proxy's forwarded-for support)."""
+    client = conn.client
+    return client.host if client is not None else "unknown"

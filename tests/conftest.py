@@ -1,0 +1,275 @@
+"""Shared fixtures: real server processes, a real redis-server, SSE helpers.
+
+Streams are tested over real sockets against a real ``tidings serve`` process: in-process
+ASGI clients buffer whole bodies and cannot see a live stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tidings.wire import EventParser, ServerSentEvent
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll ``predicate`` until it is true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class ServerProcess:
+    """A ``tidings serve`` process on a free port."""
+
+    def __init__(self, args: tuple[str, ...], env: dict[str, str] | None = None) -> None:
+        self.args = args
+        self.extra_env = env or {}
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log = tempfile.NamedTemporaryFile(prefix="tidings-", suffix=".log", delete=False)  # noqa: SIM115
+        self.log_path = Path(self._log.name)
+
+    def start(self, timeout: float = 20.0) -> ServerProcess:
+        env = {**os.environ, **self.extra_env}
+        env.pop("TIDINGS_URL", None)
+        argv = [sys.executable, "-m", "tidings", "serve", "--port", str(self.port), *self.args]
+        if "--store" not in self.args:
+            argv += ["--store", "memory"]
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+
+        def up() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited early:\n{self.log()}")
+            try:
+                return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(up, timeout, "the server to start")
+        return self
+
+    def log(self) -> str:
+        """What the server printed so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 20.0) -> int:
+        """Wait for the process to exit; its exit code."""
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout``; the exit code."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def restart(self) -> ServerProcess:
+        """Stop and start again on the same port."""
+        self.stop()
+        return self.start()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.stop(timeout=5)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+        self._log.close()
+        self.log_path.unlink(missing_ok=True)
+
+
+ServerFactory = Callable[..., ServerProcess]
+
+
+@pytest.fixture
+def server_factory() -> Iterator[ServerFactory]:
+    """Start ``tidings serve`` processes with extra flags; all are stopped afterwards."""
+    started: list[ServerProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
+        proc = ServerProcess(args, env).start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.close()
+
+
+@pytest.fixture
+def server(server_factory: ServerFactory) -> ServerProcess:
+    """A hub on the embedded defaults (memory backend, memory store), keep-alive 1 s."""
+    return server_factory("--keepalive", "1")
+
+
+@pytest.fixture
+async def http(server: ServerProcess) -> AsyncIterator[httpx.AsyncClient]:
+    """An async HTTP client for ``server``."""
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+        yield client
+
+
+class SSEReader:
+    """Reads a live event stream over a real socket, event by event."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.comments: list[str] = []
+        self.parser = EventParser(on_comment=self.comments.append)
+        self.pending: list[ServerSentEvent] = []
+        self._chunks = response.aiter_raw()
+
+    async def next(self, timeout: float = 10.0) -> ServerSentEvent:
+        """The next event (comments are collected in :attr:`comments`)."""
+
+        async def read() -> ServerSentEvent:
+            while not self.pending:
+                chunk = await self._chunks.__anext__()
+                self.pending.extend(self.parser.feed(chunk))
+            return self.pending.pop(0)
+
+        return await asyncio.wait_for(read(), timeout)
+
+    async def take(self, count: int, timeout: float = 10.0) -> list[ServerSentEvent]:
+        """The next ``count`` events."""
+        return [await self.next(timeout) for _ in range(count)]
+
+    async def until_end(self, timeout: float = 10.0) -> list[ServerSentEvent]:
+        """Every event until the server ends the response."""
+
+        async def read() -> list[ServerSentEvent]:
+            events = list(self.pending)
+            self.pending.clear()
+            async for chunk in self._chunks:
+                events.extend(self.parser.feed(chunk))
+            return events
+
+        return await asyncio.wait_for(read(), timeout)
+
+
+@contextlib.asynccontextmanager
+async def open_sse(
+    client: httpx.AsyncClient,
+    path: str = "/events",
+    *,
+    params: httpx.QueryParams | None = None,
+    headers: dict[str, str] | None = None,
+) -> AsyncIterator[SSEReader]:
+    """Open a stream and yield a reader once the response headers arrived."""
+    async with client.stream("GET", path, params=params, headers=headers) as response:
+        yield SSEReader(response)
+
+
+# -- redis ----------------------------------------------------------------------------
+
+
+class RedisServer:
+    """A ``redis-server`` of the tests' own, on a random port, that tests may stop."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary is not None
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+        def up() -> bool:
+            with socket.socket() as sock:
+                sock.settimeout(0.2)
+                try:
+                    sock.connect(("127.0.0.1", self.port))
+                    sock.sendall(b"PING\r\n")
+                    return sock.recv(16).startswith(b"+PONG")
+                except OSError:
+                    return False
+
+        wait_for(up, 10, "redis-server to start")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def flush(self) -> None:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+            sock.sendall(b"FLUSHALL\r\n")
+            sock.recv(16)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for the run (tests restart it when they need to)."""
+    if shutil.which("redis-server") is None:
+        if IN_CI:
+            pytest.fail("redis-server is not installed (make test installs it)")
+        pytest.skip("redis-server is not installed")
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The URL of the tests' redis-server, flushed for this test (restarted if stopped)."""
+    if redis_server.proc is None or redis_server.proc.poll() is not None:
+        redis_server.start()
+    redis_server.flush()
+    return redis_server.url

@@ -1,0 +1,326 @@
+"""GET /events and POST /publish against a real server process over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+
+import httpx
+import orjson
+import pytest
+
+from tests.conftest import ServerFactory, ServerProcess, open_sse, wait_for
+from tidings.wire import EventParser
+
+
+async def publish(
+    client: httpx.AsyncClient, topic: str, data: object, **fields: object
+) -> str:
+    response = await client.post("/publish", json={"topic": topic, "data": data, **fields})
+    assert response.status_code == 202, response.text
+    event_id = response.json()["id"]
+    assert isinstance(event_id, str)
+    return event_id
+
+
+def params(*topics: str, **extra: str) -> httpx.QueryParams:
+    return httpx.QueryParams([("topic", t) for t in topics] + list(extra.items()))
+
+
+async def test_stream_headers_and_opening_bytes(http: httpx.AsyncClient) -> None:
+    async with http.stream("GET", "/events", params=params("chat/general")) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
+        assert response.headers["cache-control"] == "no-store"
+        assert response.headers["x-accel-buffering"] == "no"
+        assert "content-length" not in response.headers
+        first = await anext(response.aiter_raw())
+        assert first.startswith(b"retry: 3000\n: ")
+        parser = EventParser()
+        assert parser.feed(first) == []
+        assert parser.retry == 3000
+
+
+async def test_multiline_and_unicode_payloads_arrive_intact(http: httpx.AsyncClient) -> None:
+    payloads: list[object] = [
+        "line one\nline two\r\nline three\rend",
+        {"text": "héllo 🌍 — ünïcödé", "nested": ["\n", "\r", "\u2028", "\x00"]},
+        "",
+        None,
+        12.5,
+    ]
+    async with open_sse(http, params=params("chat/general")) as stream:
+        ids = [await publish(http, "chat/general", p, type="chat_message") for p in payloads]
+        events = await stream.take(len(payloads))
+    assert [e.id for e in events] == ids
+    assert [e.event for e in events] == ["chat_message"] * len(payloads)
+    assert [orjson.loads(e.data) for e in events] == payloads
+
+
+async def test_message_type_omits_event_line(http: httpx.AsyncClient) -> None:
+    async with http.stream("GET", "/events", params=params("a")) as response:
+        chunks = response.aiter_raw()
+        await anext(chunks)
+        event_id = await publish(http, "a", {"x": 1}, retry=5000)
+        frame = await anext(chunks)
+    assert frame == f"id: {event_id}\nretry: 5000\ndata: {{\"x\":1}}\n\n".encode()
+
+
+async def test_resume_replays_each_missed_event_once_across_topics(
+    http: httpx.AsyncClient,
+) -> None:
+    async with open_sse(http, params=params("room/a", "room/b")) as stream:
+        await publish(http, "room/a", 1)
+        await publish(http, "room/b", 2)
+        seen = await stream.take(2)
+    last = seen[-1].id
+    missed = [
+        await publish(http, "room/a", 3),
+        await publish(http, "room/c", "not subscribed"),
+        await publish(http, "room/b", 4),
+        await publish(http, "room/a", 5),
+    ]
+    expected = [missed[0], missed[2], missed[3]]
+    async with open_sse(
+        http, params=params("room/a", "room/b"), headers={"Last-Event-ID": last}
+    ) as stream:
+        replayed = await stream.take(3)
+        live_id = await publish(http, "room/b", 6)
+        live = await stream.next()
+    assert [e.id for e in replayed] == expected
+    assert [orjson.loads(e.data) for e in replayed] == [3, 4, 5]
+    assert live.id == live_id
+    assert not stream.pending
+
+
+async def test_resume_from_query_parameter_after_reload(http: httpx.AsyncClient) -> None:
+    first = await publish(http, "news", "a")
+    second = await publish(http, "news", "b")
+    async with open_sse(http, params=params("news", last_event_id=first)) as stream:
+        event = await stream.next()
+    assert event.id == second
+
+
+async def test_wildcard_subscription_resumes_exactly(http: httpx.AsyncClient) -> None:
+    start = await publish(http, "users/7/inbox", 0)
+    ids = [await publish(http, f"users/7/{box}", i) for i, box in enumerate(["inbox", "alerts"])]
+    await publish(http, "users/8/inbox", "other user")
+    async with open_sse(
+        http, params=params("users/7/**"), headers={"Last-Event-ID": start}
+    ) as stream:
+        events = await stream.take(2)
+    assert [e.id for e in events] == ids
+
+
+async def test_old_id_yields_gap_then_live(server_factory: ServerFactory) -> None:
+    server = server_factory("--history-size", "2")
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+        old = await publish(http, "t", 1)
+        for i in range(3):
+            newest = await publish(http, "t", i)
+        async with open_sse(http, params=params("t"), headers={"Last-Event-ID": old}) as stream:
+            gap = await stream.next()
+            live_id = await publish(http, "t", "live")
+            live = await stream.next()
+    assert gap.event == "gap"
+    assert orjson.loads(gap.data) == {"last_event_id": old, "reason": "expired"}
+    assert gap.id == newest
+    assert live.id == live_id
+
+
+@pytest.mark.parametrize("bad_id", ["nonsense", "abc-12", "deadbeef-99999999"])
+async def test_unknown_id_yields_gap_unknown(http: httpx.AsyncClient, bad_id: str) -> None:
+    newest = await publish(http, "t", 1)
+    async with open_sse(http, params=params("t"), headers={"Last-Event-ID": bad_id}) as stream:
+        gap = await stream.next()
+    assert gap.event == "gap"
+    assert orjson.loads(gap.data) == {"last_event_id": bad_id, "reason": "unknown"}
+    assert gap.id == newest
+
+
+@pytest.mark.parametrize(
+    ("query", "headers", "code"),
+    [
+        ([], {}, "missing_topic"),
+        ([("topic", "bad topic")], {}, "invalid_topic"),
+        ([("topic", "a/**/b")], {}, "invalid_topic"),
+        ([("topic", f"t{i}") for i in range(33)], {}, "too_many_topics"),
+        ([("topic", "a")], {"Last-Event-ID": "x" * 257}, "invalid_last_event_id"),
+    ],
+)
+async def test_bad_subscriptions_get_400(
+    http: httpx.AsyncClient, query: list[tuple[str, str]], headers: dict[str, str], code: str
+) -> None:
+    response = await http.get("/events", params=httpx.QueryParams(query), headers=headers)
+    assert response.status_code == 400
+    assert response.json() == {"error": {"code": code, "message": response.json()["error"]["message"]}}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b"{not json", 400, "malformed_json"),
+        (b"[1, 2]", 400, "malformed_json"),
+        (b'"a string"', 400, "malformed_json"),
+        (b'{"topic": "a", "type": "x\\ny"}', 422, "invalid_event"),
+        (b'{"topic": "a", "type": "x\\ry"}', 422, "invalid_event"),
+        (b'{"topic": "a", "type": "x\\u0000y"}', 422, "invalid_event"),
+        (b'{"topic": "a", "colour": "red"}', 422, "invalid_request"),
+        (b'{"data": 1}', 422, "invalid_request"),
+        (b'{"topic": "a b"}', 422, "invalid_topic"),
+        (b'{"topic": "a", "priority": "urgent"}', 422, "invalid_request"),
+        (b'{"topic": "a", "retry": -1}', 422, "invalid_request"),
+        (b'{"topic": "tasks/abc", "data": 1}', 403, "reserved_topic"),
+    ],
+)
+async def test_bad_publishes_are_refused(
+    http: httpx.AsyncClient, body: bytes, status: int, code: str
+) -> None:
+    response = await http.post("/publish", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert error["message"]
+    assert "Traceback" not in response.text
+
+
+async def test_oversized_data_gets_413_and_publishes_nothing(
+    server_factory: ServerFactory,
+) -> None:
+    server = server_factory("--max-event-bytes", "1000")
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+        ok = await publish(http, "t", "x" * 900)
+        response = await http.post("/publish", json={"topic": "t", "data": "x" * 1000})
+        assert response.status_code == 413
+        assert response.json()["error"]["code"] == "payload_too_large"
+        huge = await http.post("/publish", content=b'{"topic": "t", "data": "' + b"y" * 2_000_000 + b'"}')
+        assert huge.status_code == 413
+        assert huge.json()["error"]["code"] == "body_too_large"
+        after = await publish(http, "t", "after")
+        async with open_sse(http, params=params("t"), headers={"Last-Event-ID": ok}) as stream:
+            event = await stream.next()
+    assert event.id == after
+
+
+async def test_idempotency_key_publishes_once(http: httpx.AsyncClient) -> None:
+    async with open_sse(http, params=params("orders")) as stream:
+        first = await publish(http, "orders", {"n": 1}, idempotency_key="order-1")
+        again = await publish(http, "orders", {"n": 1}, idempotency_key="order-1")
+        marker = await publish(http, "orders", "marker")
+        events = await stream.take(2)
+    assert again == first
+    assert [e.id for e in events] == [first, marker]
+
+
+async def test_user_targeted_events_reach_no_anonymous_connection(
+    http: httpx.AsyncClient,
+) -> None:
+    async with open_sse(http, params=params("news")) as stream:
+        await publish(http, "news", "private", users=["alice"])
+        public = await publish(http, "news", "public")
+        event = await stream.next()
+    assert event.id == public
+
+
+async def test_keepalive_comment_after_silence(http: httpx.AsyncClient) -> None:
+    async with http.stream("GET", "/events", params=params("quiet")) as response:
+        chunks = response.aiter_raw()
+        await anext(chunks)
+        ping = await asyncio.wait_for(anext(chunks), 10)
+    assert ping == b": ping\n\n"
+
+
+async def test_stats_metrics_health_and_openapi(http: httpx.AsyncClient) -> None:
+    async with open_sse(http, params=params("chat/general", "users/1/**")) as stream:
+        await publish(http, "chat/general", "hi")
+        await stream.next()
+        stats = (await http.get("/stats")).json()
+        metrics = await http.get("/metrics")
+    assert stats["connections"]["total"] == 1
+    assert stats["connections"]["by_topic"] == {"chat/general": 1, "users/1/**": 1}
+    assert stats["connections"]["by_user"] == {"anonymous": 1}
+    assert stats["connections"]["by_task"] == {}
+    assert stats["events"]["published"] == 1
+    assert stats["events"]["delivered"] == 1
+    assert set(stats["events"]) == {"published", "delivered", "conflated", "dropped", "slow_disconnects"}
+    assert stats["tasks"] == {"active": 0}
+    assert stats["uptime_seconds"] >= 0
+    assert metrics.status_code == 200
+    assert metrics.headers["content-type"].startswith("text/plain")
+    assert "tidings_connections 1.0" in metrics.text
+    assert "tidings_events_published_total 1.0" in metrics.text
+    assert (await http.get("/healthz")).json() == {"status": "ok"}
+    assert (await http.get("/readyz")).json() == {"status": "ready"}
+    openapi = (await http.get("/openapi.json")).json()
+    assert {"/events", "/publish", "/stats", "/healthz", "/readyz"} <= set(openapi["paths"])
+    missing = await http.get("/nope")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "not_found"
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+async def test_client_that_stops_reading_is_cut_and_others_keep_receiving(
+    server_factory: ServerFactory,
+) -> None:
+    server = server_factory("--queue-size", "50", "--queue-bytes", "65536")
+    assert server.proc is not None
+    # A raw socket that subscribes, then never reads: its kernel buffers fill, then its queue.
+    stuck = socket.create_connection(("127.0.0.1", server.port))
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.sendall(b"GET /events?topic=firehose HTTP/1.1\r\nHost: x\r\n\r\n")
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+        wait_for(lambda: httpx.get(server.url + "/stats").json()["connections"]["total"] == 1)
+        before = _rss_kib(server.proc.pid)
+        payload = "x" * 8000
+        async with open_sse(http, params=params("firehose")) as healthy:
+            received = 0
+            for i in range(400):
+                await publish(http, "firehose", {"i": i, "pad": payload})
+                event = await healthy.next()
+                assert orjson.loads(event.data)["i"] == i
+                received += 1
+            stats = (await http.get("/stats")).json()
+        after = _rss_kib(server.proc.pid)
+    stuck.close()
+    assert received == 400
+    assert stats["events"]["slow_disconnects"] == 1
+    assert stats["events"]["dropped"] > 0
+    assert stats["connections"]["total"] == 1
+    # 400 events of 8 KB (3.2 MB) went by; the stuck client held at most its 64 KiB bound.
+    assert after - before < 3 * 1024
+
+
+async def test_sigterm_ends_streams_cleanly_and_exits_zero(server: ServerProcess) -> None:
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+        async with open_sse(http, params=params("t")) as stream:
+            event_id = await publish(http, "t", "before shutdown")
+            assert (await stream.next()).id == event_id
+            server.signal(signal.SIGTERM)
+            rest = await stream.until_end(timeout=15)
+    assert rest == []
+    assert server.wait(15) == 0
+    assert "Traceback" not in server.log()
+
+
+async def test_sigterm_exits_within_grace_even_with_a_stuck_client(
+    server_factory: ServerFactory,
+) -> None:
+    server = server_factory("--shutdown-grace", "2", "--queue-bytes", "1048576")
+    stuck = socket.create_connection(("127.0.0.1", server.port))
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.sendall(b"GET /events?topic=t HTTP/1.1\r\nHost: x\r\n\r\n")
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+        wait_for(lambda: httpx.get(server.url + "/stats").json()["connections"]["total"] == 1)
+        for i in range(40):
+            await publish(http, "t", {"i": i, "pad": "x" * 8000})
+    server.signal(signal.SIGTERM)
+    assert server.wait(15) == 0
+    stuck.close()

@@ -1,0 +1,161 @@
+"""The hub's delivery rules, in process: encode once, conflation, bounds, de-duplication."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import orjson
+import pytest
+
+from tidings.auth.principal import Principal
+from tidings.connection import Connection
+from tidings.errors import InvalidTopic, NotAuthorized, ShuttingDown
+from tidings.events import make_draft
+from tidings.hub import Hub
+from tidings.wire import EventParser, ServerSentEvent
+
+
+@pytest.fixture
+async def hub() -> AsyncIterator[Hub]:
+    hub = Hub(store="memory", queue_size=5, queue_bytes=4096, keepalive=60)
+    await hub.start()
+    yield hub
+    await hub.aclose()
+
+
+async def drain(conn: Connection) -> list[ServerSentEvent]:
+    """Everything queued on ``conn`` right now, parsed."""
+    chunk = await conn.next_chunk()
+    assert chunk is not None
+    return EventParser().feed(chunk)
+
+
+async def test_each_event_is_encoded_once_for_all_subscribers(hub: Hub) -> None:
+    a = await hub.open_stream(["room/1"])
+    b = await hub.open_stream(["room/*"])
+    c = await hub.open_stream(["**"])
+    for conn in (a, b, c):
+        await conn.next_chunk()  # the opening bytes
+    await hub.publish("room/1", {"n": 1})
+    chunks = [await conn.next_chunk() for conn in (a, b, c)]
+    assert chunks[0] is chunks[1] is chunks[2]
+
+
+async def test_events_of_one_tick_leave_in_one_chunk(hub: Hub) -> None:
+    conn = await hub.open_stream(["t"])
+    await conn.next_chunk()
+    ids = [await hub.publish("t", i) for i in range(3)]
+    events = await drain(conn)
+    assert [e.id for e in events] == ids
+
+
+async def test_queued_task_progress_is_conflated_in_arrival_order(hub: Hub) -> None:
+    conn = await hub.open_stream(["tasks/**"])
+    await conn.next_chunk()
+
+    async def progress(task: str, pct: int) -> str:
+        draft = make_draft(f"tasks/{task}", {"task_id": task, "progress": pct}, type="task_progress")
+        return (await hub.append(draft)).id
+
+    await progress("a", 10)
+    file_event = (
+        await hub.append(make_draft("tasks/a", {"file": 1}, type="file_update"))
+    ).id
+    await progress("b", 50)
+    latest_a = await progress("a", 20)
+    events = await drain(conn)
+    # a@10 was replaced by a@20, which takes its place after everything queued before it.
+    assert [orjson.loads(e.data) for e in events] == [
+        {"file": 1},
+        {"task_id": "b", "progress": 50},
+        {"task_id": "a", "progress": 20},
+    ]
+    assert events[0].id == file_event
+    assert events[-1].id == latest_a
+    assert hub.statistics().conflated == 1
+
+
+async def test_high_priority_progress_is_never_conflated(hub: Hub) -> None:
+    conn = await hub.open_stream(["tasks/x"])
+    await conn.next_chunk()
+    for pct in (1, 2):
+        await hub.append(
+            make_draft("tasks/x", {"p": pct}, type="task_progress", priority="high")
+        )
+    assert [orjson.loads(e.data) for e in await drain(conn)] == [{"p": 1}, {"p": 2}]
+
+
+async def test_connection_over_its_bound_is_cut_and_counted(hub: Hub) -> None:
+    slow = await hub.open_stream(["t"])
+    fast = await hub.open_stream(["t"])
+    cut: list[bool] = []
+    slow.aborter = lambda: cut.append(True)
+    await slow.next_chunk()
+    for i in range(6):
+        await hub.publish("t", i)
+        assert len(await drain(fast)) == 1
+    assert cut == [True]
+    assert slow.close_reason == "slow"
+    assert await slow.next_chunk() is None
+    stats = hub.statistics()
+    assert stats.slow_disconnects == 1
+    assert stats.dropped == 6
+    assert fast.close_reason is None
+
+
+async def test_replay_and_live_events_are_not_duplicated(hub: Hub) -> None:
+    first = await hub.publish("t", 0)
+    later = [await hub.publish("t", i) for i in range(1, 3)]
+    conn = await hub.open_stream(["t"], last_event_id=first)
+    # An event published after registration is both in history and in the live queue.
+    live = await hub.publish("t", 3)
+    events = await drain(conn)
+    assert [e.id for e in events] == [*later, live]
+
+
+async def test_users_targeting_reaches_only_those_users(hub: Hub) -> None:
+    alice = await hub.open_stream(["news"], principal=Principal(user="alice", subscribe=("news",)))
+    bob = await hub.open_stream(["news"], principal=Principal(user="bob", subscribe=("news",)))
+    for conn in (alice, bob):
+        await conn.next_chunk()
+    only_alice = await hub.publish("news", "psst", users=["alice"])
+    everyone = await hub.publish("news", "hello")
+    assert [e.id for e in await drain(alice)] == [only_alice, everyone]
+    assert [e.id for e in await drain(bob)] == [everyone]
+
+
+async def test_subscription_checks(hub: Hub) -> None:
+    with pytest.raises(InvalidTopic):
+        await hub.open_stream([])
+    with pytest.raises(InvalidTopic):
+        await hub.open_stream([f"t/{i}" for i in range(33)])
+    with pytest.raises(NotAuthorized):
+        await hub.open_stream(["secret"], principal=Principal(user="u", subscribe=("public/**",)))
+    allowed = await hub.open_stream(
+        ["users/u/inbox", "public/x"], principal=Principal(user="u", subscribe=("public/**",))
+    )
+    assert allowed.patterns == ("users/u/inbox", "public/x")
+
+
+async def test_closed_stream_leaves_the_index(hub: Hub) -> None:
+    conn = await hub.open_stream(["t", "u/**"])
+    hub.close_stream(conn)
+    assert hub.statistics().connections == 0
+    assert len(hub._index) == 0
+
+
+async def test_shutdown_flushes_then_ends_streams(hub: Hub) -> None:
+    conn = await hub.open_stream(["t"])
+    await conn.next_chunk()
+    event_id = await hub.publish("t", "last words")
+    hub.begin_shutdown()
+    assert [e.id for e in await drain(conn)] == [event_id]
+    assert await conn.next_chunk() is None
+    with pytest.raises(ShuttingDown):
+        await hub.open_stream(["t"])
+
+
+async def test_publish_on_reserved_topic_is_refused(hub: Hub) -> None:
+    with pytest.raises(NotAuthorized) as info:
+        await hub.publish("tasks/abc", 1)
+    assert info.value.code == "reserved_topic"
