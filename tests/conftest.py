@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -273,3 +273,93 @@ def redis_url(redis_server: RedisServer) -> str:
         redis_server.start()
     redis_server.flush()
     return redis_server.url
+
+
+# -- network faults -----------------------------------------------------------------------
+
+
+class TcpProxy:
+    """A TCP proxy on a fixed local port that a test can cut, restore and point elsewhere.
+
+    It stands for the network between two parts (a node and Redis, a client and a node):
+    :meth:`cut` closes the listener and resets every open connection, :meth:`restore`
+    listens again on the same port, :meth:`retarget` sends new connections elsewhere.
+    """
+
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._pumps: set[asyncio.Task[None]] = set()
+
+    def url(self, scheme: str = "http", path: str = "") -> str:
+        """``<scheme>://127.0.0.1:<port><path>``."""
+        return f"{scheme}://127.0.0.1:{self.port}{path}"
+
+    async def start(self) -> TcpProxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+        return self
+
+    async def cut(self) -> None:
+        """Stop listening and reset every connection through the proxy."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+        for pump in list(self._pumps):
+            pump.cancel()
+        await asyncio.gather(*self._pumps, return_exceptions=True)
+
+    async def restore(self) -> None:
+        """Listen again on the same port."""
+        if self._server is None:
+            await self.start()
+
+    def retarget(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+        """Send connections made from now on to another address."""
+        self.target = (target_host, target_port)
+
+    async def aclose(self) -> None:
+        await self.cut()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers.update((writer, up_writer))
+        for source, sink in ((reader, up_writer), (up_reader, writer)):
+            pump = asyncio.create_task(self._pump(source, sink))
+            self._pumps.add(pump)
+            pump.add_done_callback(self._pumps.discard)
+
+    async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        try:
+            while data := await source.read(65536):
+                sink.write(data)
+                await sink.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._writers.discard(sink)
+            sink.transport.abort()
+
+
+@pytest.fixture
+async def tcp_proxy() -> AsyncIterator[Callable[[int], Awaitable[TcpProxy]]]:
+    """``await tcp_proxy(port)``: a started :class:`TcpProxy` to ``127.0.0.1:port``."""
+    proxies: list[TcpProxy] = []
+
+    async def make(port: int) -> TcpProxy:
+        proxy = await TcpProxy(port).start()
+        proxies.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in proxies:
+        await proxy.aclose()

@@ -17,7 +17,7 @@ from tidings.wire import EventParser, ServerSentEvent
 
 @pytest.fixture
 async def hub() -> AsyncIterator[Hub]:
-    hub = Hub(store="memory", queue_size=5, queue_bytes=4096, keepalive=60)
+    hub = Hub(store="memory", queue_size=5, queue_bytes=4096, keepalive=60, shutdown_grace=0)
     await hub.start()
     yield hub
     await hub.aclose()

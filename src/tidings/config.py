@@ -8,14 +8,24 @@ Each field is a ``tidings serve`` flag (``--queue-size``) and a ``TIDINGS_<NAME>
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tidings.errors import ConfigError
 
 __all__ = ["Settings", "is_loopback", "load_settings"]
+
+_ORIGIN_RE = re.compile(r"https?://[^/\s?#]+")
 
 
 class Settings(BaseSettings):
@@ -43,6 +53,10 @@ class Settings(BaseSettings):
         description="RS256/ES256 public key (PEM text or a path to a PEM file); turns "
         "authentication on.",
     )
+    jwt_audience: str | None = Field(
+        None, description="Required 'aud' claim of tokens (set it when the key is shared)."
+    )
+    jwt_issuer: str | None = Field(None, description="Required 'iss' claim of tokens.")
     allow_query_token: bool = Field(
         False, description="Accept the token in the 'token' query parameter (for EventSource)."
     )
@@ -71,6 +85,23 @@ class Settings(BaseSettings):
     )
     max_event_bytes: int = Field(65536, ge=1, description="Largest event data, in bytes of JSON.")
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="Largest request body, in bytes.")
+    max_header_bytes: int = Field(
+        32768,
+        ge=4096,
+        le=1024 * 1024,
+        description="Largest request line plus headers, in bytes (414/431 beyond).",
+    )
+    request_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a client has to send a whole request (line, headers, body); "
+        "slower ones are cut.",
+    )
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1"],
+        description="Proxy addresses trusted to set X-Forwarded-For/-Proto (repeatable; "
+        "'*' trusts all): the client IP of per-IP limits comes from them.",
+    )
     retry: int = Field(3000, ge=0, description="Reconnect delay sent to clients, in ms.")
     shutdown_grace: float = Field(
         10.0, ge=0, description="Seconds to flush and end streams on shutdown."
@@ -87,7 +118,7 @@ class Settings(BaseSettings):
     log_level: str = Field("info", description="Log level: critical, error, warning, info, debug.")
     workers: int = Field(1, ge=1, le=64, description="Server processes (needs --backend redis).")
 
-    @field_validator("cors_origin", mode="before")
+    @field_validator("cors_origin", "forwarded_allow_ips", mode="before")
     @classmethod
     def _split_origins(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -98,8 +129,26 @@ class Settings(BaseSettings):
     @classmethod
     def _check_origins(cls, value: list[str]) -> list[str]:
         for origin in value:
-            if origin != "*" and not origin.startswith(("http://", "https://")):
-                raise ValueError(f"{origin!r} is not an origin like https://app.example.com")
+            if origin != "*" and _ORIGIN_RE.fullmatch(origin) is None:
+                raise ValueError(
+                    f"{origin!r} is not an origin like https://app.example.com (a scheme and a "
+                    "host, an optional port, no path or trailing slash)"
+                )
+        return value
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _check_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        # RFC 7518 §3.2: an HS256 key must be at least as long as the hash (32 bytes).
+        if value is not None and len(value.get_secret_value().encode()) < 32:
+            raise ValueError("at least 32 bytes are needed for HS256")
+        return value
+
+    @field_validator("jwt_public_key")
+    @classmethod
+    def _check_one_key(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("jwt_secret") is not None:
+            raise ValueError("set either --jwt-secret or --jwt-public-key, not both")
         return value
 
     @field_validator("backend")
@@ -123,6 +172,14 @@ class Settings(BaseSettings):
         if level not in ("critical", "error", "warning", "info", "debug", "trace"):
             raise ValueError("expected one of critical, error, warning, info, debug")
         return level
+
+    @model_validator(mode="after")
+    def _check_workers(self) -> Settings:
+        if self.workers > 1 and self.backend in ("memory", "memory://"):
+            raise ValueError(
+                "workers: more than one worker needs --backend redis://... to act as one hub"
+            )
+        return self
 
     @property
     def auth_enabled(self) -> bool:
@@ -151,9 +208,11 @@ def load_settings(**given: Any) -> Settings:
     except ValidationError as exc:
         error = exc.errors()[0]
         loc = error["loc"]
-        name = str(loc[0]) if loc else "settings"
-        flag = "--" + name.replace("_", "-")
         message = error["msg"].removeprefix("Value error, ")
+        name = str(loc[0]) if loc else message.partition(":")[0]
+        if not loc:
+            message = message.partition(": ")[2] or message
+        flag = "--" + name.replace("_", "-")
         raw = error.get("input")
         shown = "" if name.startswith("jwt") or isinstance(raw, dict) else f" (got {raw!r})"
         raise ConfigError(f"invalid {flag} / TIDINGS_{name.upper()}: {message}{shown}") from None

@@ -4,6 +4,8 @@
 
     TidingsError
     ├── ConfigError            a bad setting; the message names it
+    ├── BadRequest             a request body that is not a JSON object (HTTP 400)
+    │   └── RequestTooLarge    a request body over the body limit (HTTP 413)
     ├── InvalidTopic           a topic or pattern that breaks SPEC §2
     ├── InvalidEvent           an event type, id, payload or field that breaks SPEC §1/§3
     │   └── EventTooLarge      the encoded payload is over ``max_event_bytes``
@@ -24,12 +26,14 @@ from __future__ import annotations
 
 __all__ = [
     "BackendUnavailable",
+    "BadRequest",
     "ConfigError",
     "EventTooLarge",
     "InvalidEvent",
     "InvalidTopic",
     "LimitExceeded",
     "NotAuthorized",
+    "RequestTooLarge",
     "ShuttingDown",
     "TaskError",
     "TaskExists",
@@ -62,6 +66,20 @@ class ConfigError(TidingsError):
 
     code = "config_error"
     status = 500
+
+
+class BadRequest(TidingsError):
+    """The request itself is malformed: its body is not JSON, or not a JSON object."""
+
+    code = "malformed_json"
+    status = 400
+
+
+class RequestTooLarge(BadRequest):
+    """The request body is over the body limit; nothing was read further or done."""
+
+    code = "body_too_large"
+    status = 413
 
 
 class InvalidTopic(TidingsError):

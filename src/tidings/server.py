@@ -8,32 +8,65 @@ with code 0 within the grace period (see docs/architecture.md).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
+import signal
+from types import FrameType
+from urllib.parse import unquote_plus
 
 import uvicorn
 
+from tidings._http import GuardedHttpToolsProtocol
 from tidings.config import Settings, load_settings
 
 __all__ = ["RedactTokens", "create_app_from_env", "run"]
 
-_TOKEN = re.compile(r"([?&]token=)[^&\s\"]*")
+# A query parameter whose name decodes to "token" (``token=``, ``%74oken=``, ``TOKEN=`` is
+# another name and not a token), its value running to the next separator.
+_QUERY_PARAM = re.compile(r"(?P<sep>^|[?&;\s'\"])(?P<name>[^=&?;\s'\"]+)=(?P<value>[^&;\s'\"]*)")
+# The Authorization header and the token cookie, as uvicorn's trace logs show them.
+_BEARER = re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+")
+_COOKIE = re.compile(r"(tidings_token=)[^;\s'\"]*")
 
 
 def _redact(text: str) -> str:
-    return _TOKEN.sub(r"\1[redacted]", text)
+    def query(match: re.Match[str]) -> str:
+        if unquote_plus(match["name"]) != "token":
+            return match[0]
+        return f"{match['sep']}{match['name']}=[redacted]"
+
+    text = _QUERY_PARAM.sub(query, text)
+    text = _BEARER.sub(r"\1[redacted]", text)
+    return _COOKIE.sub(r"\1[redacted]", text)
 
 
 class RedactTokens(logging.Filter):
-    """Removes ``token=`` query values from log records: access logs never hold tokens."""
+    """Removes tokens from log records: access logs (and trace logs) never hold them.
+
+    Redacted: a ``token`` query parameter however encoded, a bearer token, the
+    ``tidings_token`` cookie, in the message and in every argument. Arguments keep their
+    places (uvicorn's access formatter unpacks them); one that is not a string or a number
+    (a scope dict in trace logs) is replaced by its redacted text when it held a token.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(_redact(a) if isinstance(a, str) else a for a in record.args)
         if isinstance(record.msg, str):
             record.msg = _redact(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(_redact_arg(arg) for arg in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {key: _redact_arg(arg) for key, arg in record.args.items()}
         return True
+
+
+def _redact_arg(arg: object) -> object:
+    if isinstance(arg, int | float) or arg is None:
+        return arg
+    text = str(arg)
+    redacted = _redact(text)
+    return arg if redacted == text else redacted
 
 
 def _log_config(level: str) -> dict[str, object]:
@@ -66,7 +99,6 @@ def run(settings: Settings) -> int:
         "host": settings.host,
         "port": settings.port,
         "loop": "uvloop",
-        "http": "httptools",
         "ws": "none",
         "lifespan": "on",
         "log_level": level,
@@ -75,6 +107,16 @@ def run(settings: Settings) -> int:
         # Streams are ended by the hub within the grace; this is uvicorn's backstop.
         "timeout_graceful_shutdown": int(settings.shutdown_grace) + 1,
         "timeout_keep_alive": 5,
+        # Head size limits and the request deadline (slowloris); see tidings/_http.py.
+        "http": functools.partial(
+            GuardedHttpToolsProtocol,
+            max_head_bytes=settings.max_header_bytes,
+            request_timeout=settings.request_timeout,
+        ),
+        "h11_max_incomplete_event_size": settings.max_header_bytes,
+        # Client IPs (per-IP limits) come from X-Forwarded-For only through these proxies.
+        "proxy_headers": True,
+        "forwarded_allow_ips": settings.forwarded_allow_ips,
     }
     if settings.workers > 1:
         # Each worker builds its hub from the environment; export what was given as flags.
@@ -96,5 +138,12 @@ def run(settings: Settings) -> int:
     hub = Hub(settings)
     config = uvicorn.Config(hub.asgi_app(), **common)  # type: ignore[arg-type]
     server = uvicorn.Server(config)
+    # uvicorn re-raises the signal that stopped it once it has shut down, for the handler
+    # that was in place before; a stop on SIGTERM is a normal exit here (code 0).
+    signal.signal(signal.SIGTERM, _stopped)
     server.run()
     return 0 if server.started else 1
+
+
+def _stopped(signum: int, frame: FrameType | None) -> None:
+    """The SIGTERM handler outside uvicorn's run: the server has already shut down."""

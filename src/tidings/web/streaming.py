@@ -46,10 +46,16 @@ class EventStreamResponse(Response):
     media_type = "text/event-stream"
     charset = "utf-8"
 
-    def __init__(self, hub: Hub, conn: Connection, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        conn: Connection,
+        headers: dict[str, str] | None = None,
+        status_code: int = 200,
+    ) -> None:
         self.hub = hub
         self.conn = conn
-        self.status_code = 200
+        self.status_code = status_code
         self.background = None
         self.body = b""
         self.init_headers({**SSE_HEADERS, **(headers or {})})

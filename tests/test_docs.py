@@ -1,0 +1,16 @@
+"""The docs stay true to the code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tidings.config import Settings
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def test_configuration_doc_lists_every_setting() -> None:
+    text = (DOCS / "configuration.md").read_text()
+    for name in Settings.model_fields:
+        flag = "--" + name.replace("_", "-")
+        assert f"| `{flag}` | `TIDINGS_{name.upper()}` |" in text, flag
