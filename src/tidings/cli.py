@@ -1,4 +1,4 @@
-"""The ``tidings`` command: ``serve``, ``publish``, ``tail``.
+"""The ``tidings`` command: ``serve``, ``publish``, ``tail``, ``token``.
 
 ``serve``'s flags are generated from :class:`~tidings.config.Settings`, so every setting has
 its flag and nothing else does (``tests/test_cli.py`` keeps them in step). Every failure is
@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 import orjson
 
 from tidings.config import Settings, is_loopback, load_settings
-from tidings.errors import ConfigError, TidingsError
+from tidings.errors import ConfigError, InvalidTopic, TidingsError
 
 __all__ = ["main", "serve_parser_flags"]
 
@@ -97,6 +97,32 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("topics", nargs="+", metavar="TOPIC")
     tail.add_argument("--last-event-id", default=None, help="resume after this id")
     _add_client_flags(tail)
+
+    token = commands.add_parser(
+        "token", help="mint a development JWT (HS256) signed with the hub's secret"
+    )
+    token.add_argument("--sub", required=True, help="the user id (the 'sub' claim)")
+    token.add_argument(
+        "--subscribe", action="append", default=[], metavar="PATTERN", help="repeatable"
+    )
+    token.add_argument(
+        "--publish", action="append", default=[], metavar="PATTERN", help="repeatable"
+    )
+    token.add_argument("--admin", action="store_true", help="may read /stats, /metrics, all tasks")
+    token.add_argument("--ttl", default="1h", help="lifetime: 90s, 30m, 1h, 2d (default: 1h)")
+    token.add_argument(
+        "--jwt-secret", default=None, help="HS256 secret (default: $TIDINGS_JWT_SECRET)"
+    )
+    token.add_argument(
+        "--audience",
+        default=os.environ.get("TIDINGS_JWT_AUDIENCE"),
+        help="'aud' claim (default: $TIDINGS_JWT_AUDIENCE)",
+    )
+    token.add_argument(
+        "--issuer",
+        default=os.environ.get("TIDINGS_JWT_ISSUER"),
+        help="'iss' claim (default: $TIDINGS_JWT_ISSUER)",
+    )
     return parser
 
 
@@ -120,10 +146,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "serve": _serve,
         "publish": _publish,
         "tail": _tail,
+        "token": _token,
     }
     try:
         return commands[args.command](args)
-    except ConfigError as exc:
+    except (ConfigError, InvalidTopic) as exc:
         print(f"tidings: {exc.message}", file=sys.stderr)
         return 2
     except TidingsError as exc:
@@ -143,6 +170,9 @@ def _serve(args: argparse.Namespace) -> int:
         if (value := getattr(args, name, None)) is not None
     }
     settings = load_settings(**given)
+    from tidings.auth.jwt import JWTVerifier
+
+    JWTVerifier.from_settings(settings)  # an unusable key stops start-up here, in one line
     if not settings.auth_enabled and not settings.insecure and not is_loopback(settings.host):
         raise ConfigError(
             f"refusing to serve {settings.host} with authentication off; set --jwt-secret or "
@@ -198,6 +228,44 @@ def _tail(args: argparse.Namespace) -> int:
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
+    return 0
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str, *, flag: str) -> float:
+    """Seconds in ``90``, ``90s``, ``30m``, ``1h`` or ``2d``."""
+    value = text.strip().lower()
+    unit = _UNITS.get(value[-1:], 0)
+    number = value[:-1] if unit else value
+    try:
+        seconds = float(number) * (unit or 1)
+    except ValueError:
+        raise ConfigError(f"invalid {flag}: {text!r} (expected e.g. 90s, 30m, 1h, 2d)") from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise ConfigError(f"invalid {flag}: {text!r} (must be positive)")
+    return seconds
+
+
+def _token(args: argparse.Namespace) -> int:
+    from tidings.auth.jwt import mint_token
+
+    secret = args.jwt_secret or os.environ.get("TIDINGS_JWT_SECRET")
+    if not secret:
+        raise ConfigError("no secret to sign with: pass --jwt-secret or set TIDINGS_JWT_SECRET")
+    print(
+        mint_token(
+            secret,
+            sub=args.sub,
+            subscribe=args.subscribe,
+            publish=args.publish,
+            admin=args.admin,
+            ttl=_duration(args.ttl, flag="--ttl"),
+            audience=args.audience,
+            issuer=args.issuer,
+        )
+    )
     return 0
 
 

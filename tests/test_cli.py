@@ -1,0 +1,79 @@
+"""`tidings publish` and `tidings tail` from a terminal, against a real server."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import orjson
+
+from tests.conftest import ServerProcess, wait_for
+
+
+def tidings(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tidings", *args], capture_output=True, text=True, timeout=30
+    )
+
+
+def test_tail_shows_what_publish_sends(server: ServerProcess) -> None:
+    tail = subprocess.Popen(
+        [sys.executable, "-u", "-m", "tidings", "tail", "chat/general", "--url", server.url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: _connections(server) == 1, what="tail to subscribe")
+        published = tidings(
+            "publish", "chat/general", '{"text": "hi from a terminal"}',
+            "--type", "chat_message", "--url", server.url,
+        )
+        assert published.returncode == 0, published.stderr
+        event_id = published.stdout.strip()
+        assert tail.stdout is not None
+        line = tail.stdout.readline().rstrip("\n")
+        ident, kind, data = line.split("  ", 2)
+        assert ident == event_id
+        assert kind == "chat_message"
+        assert orjson.loads(data) == {"text": "hi from a terminal"}
+    finally:
+        tail.terminate()
+        tail.communicate(timeout=10)
+    assert tail.returncode in (0, -15)
+
+
+def _connections(server: ServerProcess) -> int:
+    import httpx
+
+    total = httpx.get(server.url + "/stats").json()["connections"]["total"]
+    assert isinstance(total, int)
+    return total
+
+
+def test_publish_with_bad_json_is_one_clear_line() -> None:
+    result = tidings("publish", "chat/general", "{not json", "--url", "http://127.0.0.1:9")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("tidings: DATA is not valid JSON")
+
+
+def test_publish_to_an_unreachable_hub_is_one_clear_line() -> None:
+    result = tidings("publish", "chat/general", "1", "--url", "http://127.0.0.1:9")
+    assert result.returncode == 1
+    assert result.stderr.startswith("tidings: cannot reach http://127.0.0.1:9")
+    assert "Traceback" not in result.stderr
+
+
+def test_publish_refused_by_the_hub_prints_its_error(server: ServerProcess) -> None:
+    result = tidings("publish", "bad topic", "1", "--url", server.url)
+    assert result.returncode == 1
+    assert result.stderr.startswith("tidings: 422 invalid_topic: invalid topic 'bad topic'")
+    assert result.stderr.count("\n") == 1
+
+
+def test_tail_with_a_bad_topic_is_one_clear_line() -> None:
+    result = tidings("tail", "a//b", "--url", "http://127.0.0.1:9")
+    assert result.returncode == 2
+    assert result.stderr.startswith("tidings: ")
+    assert result.stderr.count("\n") == 1
