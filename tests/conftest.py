@@ -44,6 +44,10 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "
     raise AssertionError(f"timed out waiting for {what}")
 
 
+class PortTaken(Exception):
+    """The server could not bind its port: another process took it first."""
+
+
 class ServerProcess:
     """A ``tidings serve`` process on a free port."""
 
@@ -57,6 +61,20 @@ class ServerProcess:
         self.log_path = Path(self._log.name)
 
     def start(self, timeout: float = 20.0) -> ServerProcess:
+        """Start the process and wait until it answers ``/healthz``.
+
+        A port found free can be taken by another process before the server binds it;
+        then the server is started again on another port.
+        """
+        for _ in range(3):
+            try:
+                return self._start(timeout)
+            except PortTaken:
+                self.port = free_port()
+                self.url = f"http://127.0.0.1:{self.port}"
+        return self._start(timeout)
+
+    def _start(self, timeout: float) -> ServerProcess:
         env = {**os.environ, **self.extra_env}
         env.pop("TIDINGS_URL", None)
         argv = [sys.executable, "-m", "tidings", "serve", "--port", str(self.port), *self.args]
@@ -67,7 +85,10 @@ class ServerProcess:
         def up() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise AssertionError(f"server exited early:\n{self.log()}")
+                log = self.log()
+                if "address already in use" in log:
+                    raise PortTaken(log)
+                raise AssertionError(f"server exited early:\n{log}")
             try:
                 return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
             except httpx.HTTPError:

@@ -42,6 +42,25 @@ async def test_stream_headers_and_opening_bytes(http: httpx.AsyncClient) -> None
         assert parser.retry == 3000
 
 
+async def test_resumed_stream_still_opens_with_retry_then_replays(
+    http: httpx.AsyncClient,
+) -> None:
+    first = await publish(http, "t", 1)
+    second = await publish(http, "t", 2)
+    headers = {"Last-Event-ID": first}
+    async with http.stream("GET", "/events", params=params("t"), headers=headers) as response:
+        parser = EventParser()
+        received = b""
+        events = []
+        async for chunk in response.aiter_raw():
+            received += chunk
+            events += parser.feed(chunk)
+            if events:
+                break
+    assert received.startswith(b"retry: 3000\n: ")
+    assert [e.id for e in events] == [second]
+
+
 async def test_multiline_and_unicode_payloads_arrive_intact(http: httpx.AsyncClient) -> None:
     payloads: list[object] = [
         "line one\nline two\r\nline three\rend",

@@ -6,13 +6,28 @@ Decisions worth knowing before changing this file:
   each event once and every connection shares those bytes (SPEC §4).
 - :meth:`Connection.push` runs inside the hub's dispatch loop, once per matching connection
   per event. It must not await, allocate much, or touch the subscription index (the index
-  is being iterated). It appends, and wakes the writer only when the writer is waiting; so
-  the events of one loop tick all go out in the writer's next single send.
+  is being iterated). It appends and, the first time in a loop tick, marks the connection
+  dirty; the hub then flushes every dirty connection once, in one callback, at the next
+  tick. So the events of one tick reach a connection in one write, and no task wakes up
+  per event.
+- Two ways to write, chosen by the web layer when the stream starts:
+
+  * **direct** (under uvicorn): the connection writes HTTP chunks straight to the server's
+    transport from the hub's flush callback. The request task only waits for the client's
+    disconnect, or for the hub to end the stream. One task per stream, no per-event
+    wake-up, one ``write`` per tick.
+  * **ASGI** (any other server): the request task is the writer; it waits in
+    :meth:`next_chunk` and sends each chunk through ASGI ``send``. A second task waits for
+    the disconnect.
+
+- Backpressure: while a direct transport holds more than :data:`HIGH_WATER` unsent bytes,
+  frames stay in the queue (where newer ``task_progress`` events replace older ones), and
+  the hub retries the connection a few times a second.
 - Conflation (SPEC §4): a queued ``task_progress`` of a topic is blanked (``b""``) and the
   newer frame appended at the end, so ids and ``sequence`` never go backwards on the wire.
-- Over its bound (events or bytes) a connection is aborted, not trimmed: the client resumes
+- Over its bound (events or bytes) a connection is cut, not trimmed: the client resumes
   from its last id and history fills the hole. Nothing is dropped silently; the hub counts
-  the frames it discarded and the disconnect.
+  the frames it discarded and the cut.
 """
 
 from __future__ import annotations
@@ -20,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from tidings.auth.principal import Principal
 from tidings.events import Event
@@ -28,25 +43,34 @@ from tidings.events import Event
 if TYPE_CHECKING:
     from tidings.hub import Hub
 
-__all__ = ["CloseReason", "Connection"]
+__all__ = ["HIGH_WATER", "CloseReason", "Connection"]
 
 #: Why a stream ends. ``slow`` and ``client`` end it at once; the others flush first.
 CloseReason = Literal["end", "shutdown", "max_age", "auth_expired", "slow", "client", "gone"]
 
+#: Unsent bytes a direct transport may hold before frames wait in the queue instead.
+HIGH_WATER = 64 * 1024
+
+_CRLF = b"\r\n"
+
 
 class Connection:
-    """A subscriber's stream, owned by the web layer's single writer.
+    """A subscriber's stream, owned by the web layer.
 
-    The writer calls :meth:`next_chunk` in a loop and sends each chunk; ``None`` means the
-    stream is over (see :attr:`close_reason`).
+    In ASGI mode the writer calls :meth:`next_chunk` in a loop and sends each chunk;
+    ``None`` means the stream is over (see :attr:`close_reason`). In direct mode the web
+    layer calls :meth:`attach` and waits until :meth:`wait_closed` says the stream is over.
     """
 
     __slots__ = (
         "_bytes",
         "_conflate",
         "_count",
+        "_dirty",
         "_hub",
+        "_on_end",
         "_queue",
+        "_transport",
         "_waiter",
         "aborter",
         "close_reason",
@@ -91,11 +115,14 @@ class Connection:
         self._conflate: dict[str, int] = {}
         self._count = 0
         self._bytes = 0
+        self._dirty = False
+        self._transport: Any = None
         self._waiter: asyncio.Future[None] | None = None
+        self._on_end: Callable[[], None] | None = None
         #: Called once to cut the transport of a slow client (set by the web layer).
         self.aborter: Callable[[], None] | None = None
         self.close_reason: CloseReason | None = None
-        #: While true the writer is not woken: replay is being put in front of the queue.
+        #: While true nothing is sent: the replay is being put in front of the queue.
         self.holding = True
         #: Events with a seq at or below this were replayed already (de-duplication).
         self.min_seq = 0
@@ -134,11 +161,7 @@ class Connection:
             return
         if event.type in self.end_types:
             self.close_reason = "end"
-        waiter = self._waiter
-        if waiter is not None and not self.holding:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        self._wake()
 
     def push_raw(self, frame: bytes) -> None:
         """Queue bytes that are not an event (a comment, a ``gap`` or ``auth_expired``)."""
@@ -165,21 +188,24 @@ class Connection:
                 self.last_id = event.id
                 if event.type in self.end_types:
                     self.close_reason = "end"
-        live = self._queue
+        # What was queued before the first event (the opening bytes) stays in front.
+        queued = self._queue
+        first = 0
+        while first < len(queued) and not queued[first].startswith(b"id: "):
+            first += 1
+        lead, live = queued[:first], queued[first:]
         if events and live:
-            # The queue may hold live events the replay also returned: rebuild it from the
-            # frames whose id is newer. Frames are compared by their leading "id: <id>" line.
-            live = [f for f in live if not f or _seq_of_frame(f) > self.min_seq]
-        self._queue = frames + live
+            live = [f for f in live if (seq := _seq_of_frame(f)) == 0 or seq > self.min_seq]
+        self._queue = lead + frames + live
         self._conflate.clear()
         # Replayed frames do not count against the bound: they are bounded by the history
         # window, and cutting them would only make the client ask for them again.
         self._count = sum(1 for f in live if f)
-        self._bytes = sum(len(f) for f in live)
+        self._bytes = sum(len(f) for f in lead) + sum(len(f) for f in live)
         self._hub._stats.delivered += count
 
     def release(self) -> None:
-        """End the hold: the writer may send what is queued."""
+        """End the hold: what is queued may be sent."""
         self.holding = False
         self._wake()
 
@@ -188,6 +214,8 @@ class Connection:
         if self.close_reason is None or reason in ("slow", "client"):
             self.close_reason = reason
         self.holding = False
+        if reason in ("slow", "client"):
+            self._end()
         self._wake(force=True)
 
     def _overflow(self) -> None:
@@ -198,18 +226,86 @@ class Connection:
         self._conflate.clear()
         self._count = self._bytes = 0
         self.close_reason = "slow"
+        self._end()
         self._wake(force=True)
         if self.aborter is not None:
             self.aborter()
 
     def _wake(self, *, force: bool = False) -> None:
+        if self.holding and not force:
+            return
+        if self._transport is not None:
+            if not self._dirty:
+                self._dirty = True
+                self._hub._mark_dirty(self)
+            return
         waiter = self._waiter
-        if waiter is not None and (force or not self.holding):
+        if waiter is not None:
             self._waiter = None
             if not waiter.done():
                 waiter.set_result(None)
 
-    # -- consumer side (the writer) ------------------------------------------------------
+    # -- direct mode -------------------------------------------------------------------
+
+    def attach(self, transport: Any, on_end: Callable[[], None]) -> None:
+        """Write straight to ``transport`` from now on (the response headers are sent).
+
+        ``on_end`` is called once when the stream is over: everything was written, or the
+        client is gone or cut.
+        """
+        self._transport = transport
+        self._on_end = on_end
+        if self.close_reason in ("slow", "client"):
+            self._end()
+        elif self._queue or self.close_reason is not None:
+            self._wake(force=True)
+
+    def detach(self) -> None:
+        """Stop writing to the transport (the web layer sends the end of the body)."""
+        self._transport = None
+
+    def flush(self) -> None:
+        """Write everything queued to the transport as one chunk (the hub's flush)."""
+        self._dirty = False
+        transport = self._transport
+        if transport is None or self.holding:
+            return
+        if transport.is_closing():
+            self.close_reason = self.close_reason or "client"
+            self._end()
+            return
+        if self._queue:
+            if transport.get_write_buffer_size() > HIGH_WATER:
+                # The client is behind: keep the frames here, where progress is conflated
+                # and the bound applies, until the transport drains.
+                self._hub._backlog(self)
+                return
+            queue = self._queue
+            data = b"".join(queue) if len(queue) > 1 else queue[0]
+            self._hub._stats.delivered += self._count
+            self._queue = []
+            if self._conflate:
+                self._conflate.clear()
+            self._count = self._bytes = 0
+            if data:
+                transport.write(b"".join((b"%x\r\n" % len(data), data, _CRLF)))
+                self.last_write = time.monotonic()
+        if self.close_reason is not None:
+            self._end()
+
+    @property
+    def backlogged(self) -> bool:
+        """Whether the transport is over :data:`HIGH_WATER` (direct mode)."""
+        transport = self._transport
+        return transport is not None and transport.get_write_buffer_size() > HIGH_WATER
+
+    def _end(self) -> None:
+        on_end = self._on_end
+        if on_end is not None:
+            self._on_end = None
+            on_end()
+
+    # -- ASGI mode ---------------------------------------------------------------------
 
     @property
     def queued(self) -> int:
@@ -232,7 +328,8 @@ class Connection:
             if reason == "slow" or reason == "client":
                 return None
             if self._queue and not self.holding:
-                chunk = b"".join(self._queue) if len(self._queue) > 1 else self._queue[0]
+                queue = self._queue
+                chunk = b"".join(queue) if len(queue) > 1 else queue[0]
                 self._hub._stats.delivered += self._count
                 self._queue = []
                 if self._conflate:

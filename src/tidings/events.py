@@ -178,7 +178,7 @@ def make_draft(
         topic=topic,
         type=type,
         payload=payload,
-        priority=priority,  # type: ignore[arg-type]  # checked against PRIORITIES above
+        priority=priority,
         users=frozenset(users) if users is not None else None,
         retry=retry,
     )

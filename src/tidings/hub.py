@@ -33,6 +33,7 @@ from tidings.config import Settings, load_settings
 from tidings.connection import Connection
 from tidings.errors import BackendUnavailable, InvalidTopic, NotAuthorized, ShuttingDown
 from tidings.events import MAX_ID_BYTES, Draft, Event, make_draft
+from tidings.limits import Limits
 from tidings.topics import TopicIndex, validate_pattern
 from tidings.types import JSON
 from tidings.wire import KEEPALIVE, encode_comment, encode_event, encode_retry
@@ -49,6 +50,8 @@ logger = logging.getLogger("tidings.hub")
 
 #: At most this many topics in one subscription (SPEC §3).
 MAX_TOPICS = 32
+#: Seconds between retries of connections whose transport is full (direct writes).
+BACKLOG_RETRY = 0.05
 #: Topic prefix whose events only the task service writes.
 RESERVED_PREFIX = "tasks/"
 
@@ -132,9 +135,21 @@ class Hub:
             else open_backend(settings.backend, settings)
         )
         self.authenticate = authenticate
+        #: Rate limits and stream caps (SPEC §5); the web layer checks the rates, and
+        #: :meth:`open_stream`/:meth:`close_stream` take and free the stream slots.
+        self.limits = Limits(
+            connect_rate=settings.connect_rate_limit,
+            publish_rate=settings.publish_rate_limit,
+            streams_per_user=settings.max_connections_per_user,
+            streams_per_ip=settings.max_connections_per_ip,
+        )
         self._index: TopicIndex[Connection] = TopicIndex()
         self._live: set[Connection] = set()
         self._pending_replay: dict[Connection, tuple[str, str]] = {}
+        self._dirty: list[Connection] = []
+        self._flush_handle: asyncio.Handle | None = None
+        self._backlogged: set[Connection] = set()
+        self._backlog_handle: asyncio.TimerHandle | None = None
         self._stats = _Counters()
         self._started_at = time.monotonic()
         self._ticker: asyncio.Task[None] | None = None
@@ -165,6 +180,10 @@ class Hub:
         self.begin_shutdown()
         await self.wait_streams_closed(self.settings.shutdown_grace)
         self._running = False
+        for handle in (self._flush_handle, self._backlog_handle):
+            if handle is not None:
+                handle.cancel()
+        self._flush_handle = self._backlog_handle = None
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -217,6 +236,7 @@ class Hub:
             conn.close("slow")
             if conn.aborter is not None:
                 conn.aborter()
+            self.close_stream(conn)
         return not stuck
 
     def _install_signal_handlers(self) -> None:
@@ -299,6 +319,45 @@ class Hub:
         for conn in self._index.match(event.topic):
             conn.push(event)
 
+    # -- direct writes -------------------------------------------------------------------
+
+    def _mark_dirty(self, conn: Connection) -> None:
+        """Flush ``conn`` at the next tick, with every other connection written this tick."""
+        self._dirty.append(conn)
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        dirty = self._dirty
+        self._dirty = []
+        for conn in dirty:
+            conn.flush()
+
+    def _backlog(self, conn: Connection) -> None:
+        """Retry ``conn`` later: its transport holds too many unsent bytes."""
+        self._backlogged.add(conn)
+        if self._backlog_handle is None:
+            self._backlog_handle = asyncio.get_running_loop().call_later(
+                BACKLOG_RETRY, self._retry_backlog
+            )
+
+    def _retry_backlog(self) -> None:
+        self._backlog_handle = None
+        waiting = self._backlogged
+        self._backlogged = set()
+        for conn in waiting:
+            if conn.close_reason in ("slow", "client") or conn not in self._live:
+                continue
+            if conn.backlogged:
+                self._backlogged.add(conn)
+            else:
+                conn.flush()
+        if self._backlogged and self._backlog_handle is None:
+            self._backlog_handle = asyncio.get_running_loop().call_later(
+                BACKLOG_RETRY, self._retry_backlog
+            )
+
     # -- subscribe -----------------------------------------------------------------------
 
     async def open_stream(
@@ -325,6 +384,7 @@ class Hub:
         Raises:
             InvalidTopic: a bad pattern, none, or more than 32; an id over 256 bytes.
             NotAuthorized: the principal may not subscribe to a pattern (403).
+            LimitExceeded: the user or IP has its cap of open streams (429).
             ShuttingDown: the hub is stopping (503).
         """
         if self._closing or not self._running:
@@ -357,6 +417,8 @@ class Hub:
             left = principal.expires_at - time.time()
             at = conn.created + max(0.0, left)
             conn.retire_at = at if conn.retire_at is None else min(conn.retire_at, at)
+        # The slot is freed in close_stream, the one exit of every registered stream.
+        self.limits.streams.acquire(conn, user=principal.user, ip=ip)
         self._register(conn)
         conn.push_raw(self._opening)
         try:
@@ -386,10 +448,12 @@ class Hub:
 
     def close_stream(self, conn: Connection) -> None:
         """Unregister ``conn`` (the writer calls this when the stream ends, however)."""
+        self.limits.streams.release(conn)
         if conn not in self._live:
             return
         self._live.discard(conn)
         self._pending_replay.pop(conn, None)
+        self._backlogged.discard(conn)
         for pattern in conn.patterns:
             self._index.discard(pattern, conn)
         if conn.close_reason is None:

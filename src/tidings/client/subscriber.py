@@ -51,7 +51,7 @@ async def subscribe(
     http = client or httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None))
     retry_ms = 3000
     failures = 0
-    params = [("topic", t) for t in topics]
+    params = httpx.QueryParams([("topic", t) for t in topics])
     try:
         while True:
             headers = {"Accept": "text/event-stream"}

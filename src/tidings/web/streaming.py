@@ -2,16 +2,18 @@
 
 Decisions worth knowing before changing this file:
 
-- The writer runs in the request's own task and a second task waits for the client's
-  disconnect: two tasks per stream, and none per event.
-- Each wake-up sends everything queued as one ASGI body message (one ``write``): events
-  published in the same loop tick reach a connection in one syscall.
-- A slow client whose queue overflows must be cut *now*, while the writer may be blocked in
-  ``send`` waiting for the socket to drain. ASGI gives no way to abort a connection, and
-  closing the transport would wait for the unread bytes forever, so under uvicorn the
-  writer finds the server's transport once, at the start of the stream, from the request
-  task (``run_asgi``'s owner) and aborts it. Under other servers, the request task is
-  cancelled instead and the server closes the connection.
+- Under uvicorn (``tidings serve``, and embedded apps run by uvicorn) the stream writes
+  *directly* to the server's transport: the response start goes through ASGI ``send``,
+  then the hub's per-tick flush writes each connection's queued frames as one HTTP chunk
+  (``<size>\r\n<frames>\r\n``) straight to the transport, and the final empty chunk goes
+  through ``send`` again, so uvicorn's framing state stays right. The request task only
+  waits for the disconnect. One task per stream, no per-event wake-up, one ``write`` per
+  tick. The transport is found once, from the request task (``run_asgi``'s owner); it is
+  also what lets a slow client be cut *now* (``transport.abort()``): ASGI has no abort, and
+  closing a transport waits for the unread bytes forever.
+- Under any other server the request task is the writer and sends each chunk through ASGI
+  ``send``; a second task waits for the disconnect. A slow client is cut by cancelling
+  the request task, and the server closes the connection.
 - On a clean end (shutdown, maximum age, token expiry, a task's terminal event) the writer
   flushes the queue and sends the final empty chunk, so clients see a proper end of the
   chunked body and reconnect; they never see a reset.
@@ -64,33 +66,72 @@ class EventStreamResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         conn = self.conn
-        hub = self.hub
-        cut = _aborter()
-        conn.aborter = cut
-        watcher = asyncio.create_task(_watch_disconnect(receive, conn))
+        task = asyncio.current_task()
+        transport = _server_transport(task)
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            while True:
-                chunk = await conn.next_chunk()
-                if chunk is None:
-                    break
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
+            )
+            if transport is not None:
+                conn.aborter = transport.abort
+                await self._run_direct(conn, transport, receive)
+            else:
+                conn.aborter = _canceller(task)
+                await self._run_asgi(conn, receive, send)
             if conn.close_reason not in ("slow", "client"):
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
-            # Our own cut of a slow client (see the module docstring); anything else
-            # propagates as usual.
-            task = asyncio.current_task()
+            # Our own cut of a slow client under a server we cannot abort (see the module
+            # docstring); anything else propagates as usual.
             if conn.close_reason != "slow" or task is None or task.uncancel() > 0:
                 raise
         except OSError:
             conn.close("client")
         finally:
             conn.aborter = None
+            conn.detach()
+            self.hub.close_stream(conn)
+
+    async def _run_direct(self, conn: Connection, transport: Any, receive: Receive) -> None:
+        """The hub writes to the transport; this task only waits for the end.
+
+        It waits in ``receive()`` for the client's disconnect; when the hub ends the stream
+        (everything written), it wakes this task by cancelling it, so a stream costs one
+        task and no wake-up per event.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        ended = False
+
+        def wake() -> None:
+            nonlocal ended
+            ended = True
+            task.cancel()
+
+        try:
+            conn.attach(transport, wake)
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    conn.close("client")
+                    return
+        except asyncio.CancelledError:
+            if not ended or task.uncancel() > 0:
+                raise
+
+    async def _run_asgi(self, conn: Connection, receive: Receive, send: Send) -> None:
+        """This task writes each chunk through ASGI ``send``; another waits for the end."""
+        watcher = asyncio.create_task(_watch_disconnect(receive, conn))
+        try:
+            while True:
+                chunk = await conn.next_chunk()
+                if chunk is None:
+                    return
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-            hub.close_stream(conn)
 
 
 async def _watch_disconnect(receive: Receive, conn: Connection) -> None:
@@ -101,12 +142,8 @@ async def _watch_disconnect(receive: Receive, conn: Connection) -> None:
             return
 
 
-def _aborter() -> Callable[[], None]:
-    """A function that cuts this request's connection at once (see the module docstring)."""
-    task = asyncio.current_task()
-    transport = _server_transport(task)
-    if transport is not None:
-        return transport.abort  # type: ignore[no-any-return]
+def _canceller(task: asyncio.Task[Any] | None) -> Callable[[], None]:
+    """A function that ends this request at once by cancelling its task."""
 
     def cancel() -> None:
         if task is not None and not task.done():
