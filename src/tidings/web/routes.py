@@ -7,13 +7,14 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import orjson
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
-from tidings.errors import InvalidEvent, InvalidTopic, NotAuthorized, TidingsError
+from tidings.errors import BadRequest, InvalidEvent, InvalidTopic, NotAuthorized, RequestTooLarge
 from tidings.hub import check_patterns
 from tidings.web.errors import TidingsRoute, error_response, validation_message
 from tidings.web.metrics import render_metrics
-from tidings.web.security import client_ip, resolve_principal
+from tidings.web.security import client_ip, principal_key, resolve_principal
 from tidings.web.streaming import EventStreamResponse
 
 if TYPE_CHECKING:
@@ -81,29 +82,29 @@ async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
     """The request body as a JSON object, read with a size limit.
 
     Raises:
-        TidingsError: 413 over ``limit``; 400 not JSON, or not an object.
+        RequestTooLarge: (413) the body is over ``limit``.
+        BadRequest: (400) the body is not JSON, or not an object.
     """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
+        raise RequestTooLarge(f"request body is over {limit} bytes")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise _too_large(limit)
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise RequestTooLarge(f"request body is over {limit} bytes")
+    except ClientDisconnect:
+        # The client left, or the server cut a body that stopped arriving: nobody reads
+        # this answer, and it is no server error.
+        raise BadRequest("the client disconnected", code="client_disconnected") from None
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError:
-        raise TidingsError("body is not valid JSON", code="malformed_json") from None
+        raise BadRequest("body is not valid JSON") from None
     if not isinstance(value, dict):
-        raise TidingsError("body must be a JSON object", code="malformed_json")
+        raise BadRequest("body must be a JSON object")
     return value
-
-
-def _too_large(limit: int) -> TidingsError:
-    error = TidingsError(f"request body is over {limit} bytes", code="body_too_large")
-    error.status = 413
-    return error
 
 
 def build_router(hub: Hub) -> APIRouter:
@@ -113,6 +114,7 @@ def build_router(hub: Hub) -> APIRouter:
     @router.get(
         "/events",
         summary="Subscribe to topics (Server-Sent Events)",
+        status_code=200,
         response_class=EventStreamResponse,
         responses={200: {"content": {"text/event-stream": {}}, "description": "Event stream"}},
     )
@@ -126,6 +128,9 @@ def build_router(hub: Hub) -> APIRouter:
     ) -> Response:
         if hub.shutting_down:
             return error_response(503, "shutting_down", "the hub is shutting down")
+        # Attempts are counted before any other work, so a flood is cut cheaply (SPEC §5).
+        ip = client_ip(request)
+        hub.limits.check_connect(ip)
         patterns = check_patterns(topic)
         resume = request.headers.get("last-event-id", last_event_id)
         principal = await resolve_principal(hub, request)
@@ -133,7 +138,7 @@ def build_router(hub: Hub) -> APIRouter:
             patterns,
             principal=principal,
             last_event_id=resume or None,
-            ip=client_ip(request),
+            ip=ip,
         )
         return EventStreamResponse(hub, conn)
 
@@ -151,6 +156,7 @@ def build_router(hub: Hub) -> APIRouter:
     )
     async def publish(request: Request) -> Response:
         principal = await resolve_principal(hub, request)
+        hub.limits.check_publish(principal_key(principal, request))
         raw = await read_json_object(request, hub.settings.max_body_bytes)
         try:
             body = PublishRequest.model_validate(raw)
@@ -169,7 +175,7 @@ def build_router(hub: Hub) -> APIRouter:
                 idempotency_key=body.idempotency_key,
             )
         except InvalidTopic as exc:
-            raise InvalidEvent(f"topic: {exc.message}", code="invalid_topic") from None
+            raise InvalidEvent(exc.message, code="invalid_topic") from None
         return Response(
             orjson.dumps({"id": event_id}), status_code=202, media_type="application/json"
         )
@@ -215,6 +221,9 @@ def build_router(hub: Hub) -> APIRouter:
             return error_response(503, "backend_unavailable", "the backend is unreachable")
         return {"status": "ready"}
 
+    from tidings.web.task_routes import build_task_router
+
+    router.include_router(build_task_router(hub))
     return router
 
 

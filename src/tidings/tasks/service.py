@@ -1,0 +1,746 @@
+"""The task service: ``hub.tasks.create / progress / file / complete / fail / cancel / ...``.
+
+Every change follows one path: the store applies a pure transition atomically (the new
+record has ``sequence + 1``), then the service appends the matching event on
+``tasks/<task_id>`` through :meth:`Hub.append` and records the event's id as the task's
+``last_event_id``.
+
+Decisions worth knowing before changing this file:
+
+- **Order.** Each task has an ``asyncio.Lock`` (created on demand, dropped when idle), held
+  from the store update to the recorded event id, so the events of one task reach the
+  backend in ``sequence`` order, and a stream's snapshot (taken under the same lock) is
+  never interleaved with a change of that task.
+- **Store first, then event.** Across processes the store is the arbiter: of two racing
+  terminal requests it lets one commit, the other raises :class:`TaskFinished` before any
+  event exists. The reverse order would publish an event that then loses the race.
+- **A committed change is always published.** The update-then-append step runs shielded
+  from the caller's cancellation (its task is owned by the service and awaited on close),
+  so a client that disconnects mid-request cannot leave a change without its event. If
+  the backend refuses the event (Redis down), the change stands (the store is the truth)
+  and the maintenance loop publishes the task's current state as soon as it can; streams
+  never wait forever for a terminal event.
+- **Visibility.** A task may be changed by its owner, an admin, anyone when auth is off,
+  and a principal allowed to publish on ``tasks/<id>`` (a worker's token); it may be read
+  and streamed by those and by a principal allowed to subscribe to ``tasks/<id>``. Anyone
+  else gets :class:`TaskNotFound`, exactly as for a missing task, so ids don't leak.
+  ``principal=None`` means trusted application code: no check.
+- **Clean-up.** The maintenance loop (started by :meth:`TaskService.start`, cancelled by
+  :meth:`TaskService.aclose`) purges tasks finished more than ``task_retention`` seconds
+  ago, and unfinished ones not updated for that long (abandoned by a dead worker), and
+  publishes ``task_deleted`` for each, so open streams end with a clear event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import importlib
+import importlib.util
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+import orjson
+
+from tidings.auth.principal import Principal
+from tidings.backends.base import Replay
+from tidings.errors import (
+    BackendUnavailable,
+    ConfigError,
+    InvalidEvent,
+    InvalidTopic,
+    ShuttingDown,
+    TaskNotFound,
+)
+from tidings.events import MAX_ID_BYTES, Draft, Event, EventId, make_draft
+from tidings.tasks.memory import MemoryTaskStore
+from tidings.tasks.model import (
+    STREAM_END_TYPES,
+    TASK_STATUSES,
+    Number,
+    Task,
+    TaskEvent,
+    apply_cancel,
+    apply_complete,
+    apply_fail,
+    apply_file,
+    apply_progress,
+    deleted_event,
+    file_event,
+    new_task,
+    progress_event,
+    record_event_id,
+    snapshot_events,
+    terminal_event,
+    validate_task_id,
+)
+from tidings.tasks.sqlite import SQLiteTaskStore
+from tidings.tasks.store import Mutation, TaskStore
+from tidings.types import JSON, Priority
+from tidings.wire import encode_event
+
+if TYPE_CHECKING:
+    from tidings.config import Settings
+    from tidings.connection import Connection
+    from tidings.hub import Hub
+
+__all__ = ["MAX_LIST_LIMIT", "TaskService", "may_change", "may_read", "open_store"]
+
+logger = logging.getLogger("tidings.tasks")
+
+#: Most tasks one ``list`` returns.
+MAX_LIST_LIMIT: Final = 1000
+#: Seconds between maintenance steps (re-publishing refused events); purges run less often.
+_MAINTENANCE_INTERVAL: Final = 1.0
+_PRIORITY: Final[dict[str, Priority]] = {
+    "task_progress": "normal",
+    "file_update": "normal",
+    "task_completed": "high",
+    "task_failed": "high",
+    "task_cancelled": "high",
+    "task_deleted": "high",
+}
+
+
+def open_store(settings: Settings) -> TaskStore:
+    """The task store named by ``settings.store`` (not started yet).
+
+    ``memory`` → :class:`MemoryTaskStore`; ``sqlite:///path`` → :class:`SQLiteTaskStore`;
+    ``redis`` → ``tidings.tasks.redis.open_store(settings)`` when that module exists.
+
+    Raises:
+        ConfigError: an unknown store, or ``redis`` where the Redis store is not available.
+    """
+    url = settings.store
+    if url in ("memory", "memory://"):
+        return MemoryTaskStore()
+    if url.startswith("sqlite:///"):
+        return SQLiteTaskStore.from_url(url)
+    if url == "redis" or url.startswith(("redis://", "rediss://")):
+        if importlib.util.find_spec("tidings.tasks.redis") is None:
+            raise ConfigError(
+                "invalid --store / TIDINGS_STORE: the Redis task store is not available in "
+                "this version; use 'memory' or 'sqlite:///path'"
+            )
+        module: Any = importlib.import_module("tidings.tasks.redis")
+        store: TaskStore = module.open_store(settings)
+        return store
+    raise ConfigError(
+        f"invalid --store / TIDINGS_STORE: expected 'sqlite:///path' or 'memory' (got {url!r})"
+    )
+
+
+def may_change(principal: Principal | None, task: Task) -> bool:
+    """Whether ``principal`` may change ``task`` (``None``: application code, always).
+
+    The owner, an admin, anyone when auth is off, and a principal allowed to publish on
+    ``tasks/<id>`` (a worker's token).
+    """
+    if principal is None or principal.unrestricted or principal.admin:
+        return True
+    if task.owner is not None and task.owner == principal.user:
+        return True
+    return principal.may_publish(f"tasks/{task.task_id}")
+
+
+def may_read(principal: Principal | None, task: Task) -> bool:
+    """Whether ``principal`` may read ``task`` and its stream: whoever may change it, and a
+    principal allowed to subscribe to ``tasks/<id>`` (a watcher's token)."""
+    if principal is None or may_change(principal, task):
+        return True
+    return principal.may_subscribe(f"tasks/{task.task_id}")
+
+
+class _TaskLocks:
+    """One ``asyncio.Lock`` per task id, created on demand and dropped when nobody holds or
+    waits for it, so the map never grows with the number of tasks ever seen."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, task_id: str) -> AsyncIterator[None]:
+        entry = self._locks.get(task_id)
+        if entry is None:
+            entry = self._locks[task_id] = (asyncio.Lock(), [0])
+        lock, users = entry
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._locks[task_id]
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
+class TaskService:
+    """Tasks of one hub: their lifecycle, events and streams (``hub.tasks``).
+
+    Example::
+
+        task = await hub.tasks.create(owner="u1", total=10, title="Convert images")
+        await hub.tasks.progress(task.task_id, current=3, message="3 of 10")
+        await hub.tasks.complete(task.task_id, result={"files": 10})
+
+    Every method that takes a ``principal`` checks that it may read the task (or change
+    it, for changes; see :func:`may_read` and :func:`may_change`) and raises
+    :class:`TaskNotFound` otherwise; ``None`` skips the check (trusted application code).
+    Methods raise :class:`ShuttingDown` before :meth:`start`.
+
+    Args:
+        hub: the hub whose backend carries the task events.
+        store: a store to use instead of the one ``hub.settings.store`` names.
+    """
+
+    def __init__(self, hub: Hub, *, store: TaskStore | None = None) -> None:
+        self._hub = hub
+        self._given_store = store
+        self._store: TaskStore | None = None
+        self._locks = _TaskLocks()
+        self._maintainer: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[Any]] = set()
+        self._unpublished: set[str] = set()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the store and start the maintenance loop. Idempotent.
+
+        Raises:
+            ConfigError: the configured store is unknown or unavailable.
+            BackendUnavailable: the store cannot be opened.
+        """
+        if self._store is not None:
+            return
+        store = self._given_store or open_store(self._hub.settings)
+        await store.start()
+        self._store = store
+        self._maintainer = asyncio.create_task(
+            self._maintain_forever(), name="tidings-task-maintenance"
+        )
+
+    async def aclose(self) -> None:
+        """Stop the maintenance loop, finish in-flight changes and close the store."""
+        if self._maintainer is not None:
+            self._maintainer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintainer
+            self._maintainer = None
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+        store, self._store = self._store, None
+        if store is not None:
+            await store.aclose()
+
+    @property
+    def store(self) -> TaskStore:
+        """The open store.
+
+        Raises:
+            ShuttingDown: the service is not started (call ``await hub.start()``).
+        """
+        if self._store is None:
+            raise ShuttingDown("the task service is not running; start the hub first")
+        return self._store
+
+    # -- queries -------------------------------------------------------------------------
+
+    async def get(self, task_id: str, *, principal: Principal | None = None) -> Task:
+        """The task ``task_id``.
+
+        Raises:
+            TaskNotFound: no such task, or ``principal`` may not see it.
+        """
+        _check_lookup_id(task_id)
+        task = await self.store.get(task_id)
+        if not may_read(principal, task):
+            raise TaskNotFound(f"no task {task_id}")
+        return task
+
+    async def list(
+        self,
+        *,
+        principal: Principal | None = None,
+        status: str | None = None,
+        limit: int = 50,
+    ) -> builtins.list[Task]:
+        """Tasks newest first: every task for application code, an admin or with auth off;
+        the principal's own tasks otherwise.
+
+        Raises:
+            InvalidEvent: an unknown ``status``, or ``limit`` outside 1..1000.
+        """
+        if status is not None and status not in TASK_STATUSES:
+            raise InvalidEvent(
+                "status must be one of " + ", ".join(TASK_STATUSES), code="invalid_request"
+            )
+        if (
+            isinstance(limit, bool)
+            or not isinstance(limit, int)
+            or not (1 <= limit <= MAX_LIST_LIMIT)
+        ):
+            raise InvalidEvent(
+                f"limit must be between 1 and {MAX_LIST_LIMIT}", code="invalid_request"
+            )
+        store = self.store
+        if principal is None or principal.unrestricted or principal.admin:
+            return await store.list(status=status, limit=limit)
+        if principal.user is None:
+            return []
+        return await store.list(owner=principal.user, status=status, limit=limit)
+
+    async def count_active(self) -> int:
+        """How many tasks are pending or running (0 before :meth:`start`)."""
+        if self._store is None:
+            return 0
+        return await self._store.count_active()
+
+    # -- changes -------------------------------------------------------------------------
+
+    async def create(
+        self,
+        *,
+        owner: str | None = None,
+        task_id: str | None = None,
+        title: str | None = None,
+        total: Number | None = None,
+        metadata: Mapping[str, JSON] | None = None,
+    ) -> Task:
+        """Create a ``pending`` task and publish its first ``task_progress`` (sequence 1).
+
+        Args:
+            owner: the user id the task belongs to (``None``: anonymous).
+            task_id: the id to use; a random one by default.
+            title: a title for dashboards.
+            total: the number of units of work, if known.
+            metadata: any JSON object (``metadata["job_id"]`` becomes the completion's
+                ``job_id``).
+
+        Raises:
+            TaskExists: ``task_id`` is taken.
+            InvalidEvent: a bad id, ``total`` or ``metadata``.
+        """
+        task = new_task(
+            task_id, owner=owner, title=title, total=total, metadata=metadata, now=time.time()
+        )
+        self._check_json(dict(task.metadata), "metadata")
+        self._draft(task, progress_event(task))
+        store = self.store
+
+        async def apply() -> Task:
+            async with self._locks.hold(task.task_id):
+                created = await store.insert(task)
+                return await self._publish(created, progress_event(created))
+
+        return await self._shielded(apply())
+
+    async def progress(
+        self,
+        task_id: str,
+        *,
+        current: Number | None = None,
+        total: Number | None = None,
+        progress: Number | None = None,
+        message: str | None = None,
+        principal: Principal | None = None,
+    ) -> Task:
+        """Report progress and publish ``task_progress``; the first moves pending → running.
+
+        ``progress`` is a percent; counts alone set it to ``100 * current / total``.
+
+        Raises:
+            TaskNotFound: no such task (or not visible to ``principal``).
+            TaskFinished: the task is terminal (409).
+            InvalidEvent: ``current`` > ``total``, ``progress`` outside 0..100 (422); the
+                task is unchanged.
+        """
+        now = time.time()
+        return await self._change(
+            task_id,
+            principal,
+            lambda t: apply_progress(
+                t, current=current, total=total, progress=progress, message=message, now=now
+            ),
+            progress_event,
+        )
+
+    async def file(
+        self,
+        task_id: str,
+        file_id: str,
+        *,
+        status: str,
+        filename: str | None = None,
+        progress: Number | None = None,
+        message: str | None = None,
+        principal: Principal | None = None,
+    ) -> Task:
+        """Report one file's state and publish ``file_update``.
+
+        Raises:
+            TaskNotFound, TaskFinished: as for :meth:`progress`.
+            InvalidEvent: an unknown file status, ``progress`` outside 0..100.
+        """
+        now = time.time()
+        return await self._change(
+            task_id,
+            principal,
+            lambda t: apply_file(
+                t,
+                file_id,
+                status=status,
+                filename=filename,
+                progress=progress,
+                message=message,
+                now=now,
+            ),
+            lambda t: file_event(t, file_id),
+        )
+
+    async def complete(
+        self, task_id: str, *, result: JSON = None, principal: Principal | None = None
+    ) -> Task:
+        """Finish the task and publish ``task_completed``; its streams end.
+
+        Raises:
+            TaskNotFound: no such task (or not visible).
+            TaskFinished: the task is already terminal; nothing was published.
+            InvalidEvent: ``result`` is not JSON; ``EventTooLarge`` if it is too big.
+        """
+        now = time.time()
+        return await self._change(
+            task_id,
+            principal,
+            lambda t: apply_complete(t, result=result, now=now),
+            terminal_event,
+        )
+
+    async def fail(
+        self,
+        task_id: str,
+        *,
+        error: str,
+        details: JSON = None,
+        principal: Principal | None = None,
+    ) -> Task:
+        """Finish the task as failed and publish ``task_failed``; its streams end.
+
+        Raises:
+            TaskNotFound, TaskFinished: as for :meth:`complete`.
+            InvalidEvent: ``error`` is empty, ``details`` is not JSON.
+        """
+        now = time.time()
+        return await self._change(
+            task_id,
+            principal,
+            lambda t: apply_fail(t, error=error, details=details, now=now),
+            terminal_event,
+        )
+
+    async def cancel(
+        self, task_id: str, *, reason: str | None = None, principal: Principal | None = None
+    ) -> Task:
+        """Finish the task as cancelled and publish ``task_cancelled``; its streams end.
+
+        A worker learns of it from its next update, which raises :class:`TaskFinished`.
+
+        Raises:
+            TaskNotFound, TaskFinished: as for :meth:`complete`.
+        """
+        now = time.time()
+        return await self._change(
+            task_id,
+            principal,
+            lambda t: apply_cancel(t, reason=reason, now=now),
+            terminal_event,
+        )
+
+    async def delete(
+        self, task_id: str, *, principal: Principal | None = None, reason: str = "deleted"
+    ) -> Task:
+        """Delete the task and publish ``task_deleted``, which ends its open streams.
+
+        Raises:
+            TaskNotFound: no such task (or not visible).
+        """
+        task = await self.get(task_id, principal=principal)
+        if not may_change(principal, task):
+            raise TaskNotFound(f"no task {task_id}")
+        store = self.store
+
+        async def apply() -> Task:
+            async with self._locks.hold(task_id):
+                gone = await store.delete(task.task_id)
+                await self._announce_deleted(gone, reason)
+                return gone
+
+        return await self._shielded(apply())
+
+    async def purge_expired(self, *, now: float | None = None) -> int:
+        """Purge tasks finished more than ``task_retention`` seconds ago, and unfinished ones
+        not updated for that long; publish ``task_deleted`` for each. Returns the count.
+
+        The maintenance loop calls this about once a minute; tests may call it directly.
+        """
+        now = time.time() if now is None else now
+        before = now - self._hub.settings.task_retention
+        gone = await self.store.purge(before)
+        for task in gone:
+            async with self._locks.hold(task.task_id):
+                await self._announce_deleted(task, "expired")
+        if gone:
+            logger.info("purged %d expired tasks", len(gone))
+        return len(gone)
+
+    # -- streams -------------------------------------------------------------------------
+
+    async def open_stream(
+        self,
+        task_id: str,
+        *,
+        principal: Principal,
+        last_event_id: str | None = None,
+        ip: str | None = None,
+    ) -> Connection | None:
+        """Open the SSE stream of a task (``GET /tasks/{id}/stream``).
+
+        The first event is the task's state: ``task_progress`` (then one ``file_update``
+        per file) carrying the task's current ``sequence`` and its latest event id, or the
+        terminal event if the task is finished (the stream then ends). With
+        ``last_event_id`` the missed events are replayed once instead; if history no longer
+        holds them, the state is sent. Live events follow, de-duplicated against the
+        snapshot; the stream ends after the terminal event (or ``task_deleted``).
+
+        Returns:
+            The connection, or ``None`` when ``last_event_id`` is the id of the task's
+            terminal event: the client has everything (answer ``204``).
+
+        Raises:
+            TaskNotFound: no such task, or ``principal`` may not see it (404).
+            InvalidTopic: ``last_event_id`` is over 256 bytes (400).
+            ShuttingDown: the hub is stopping (503).
+        """
+        _check_lookup_id(task_id)
+        if last_event_id is not None and len(last_event_id.encode()) > MAX_ID_BYTES:
+            raise InvalidTopic(
+                f"Last-Event-ID is over {MAX_ID_BYTES} bytes", code="invalid_last_event_id"
+            )
+        store = self.store
+        async with self._locks.hold(task_id):
+            task = await store.get(task_id)
+            if not may_read(principal, task):
+                raise TaskNotFound(f"no task {task_id}")
+            if last_event_id and task.terminal and last_event_id == task.last_event_id:
+                return None
+
+            async def opening(conn: Connection) -> None:
+                # Runs after the connection is in the hub's index, under this task's lock:
+                # nothing of this task is published between this read and live delivery.
+                await self._fill(conn, await store.get(task_id), last_event_id)
+
+            return await self._hub.open_stream(
+                [f"tasks/{task_id}"],
+                principal=principal,
+                end_types=STREAM_END_TYPES,
+                task_id=task_id,
+                ip=ip,
+                opening=opening,
+            )
+
+    async def _fill(self, conn: Connection, task: Task, last_event_id: str | None) -> None:
+        """Queue a new stream's first events: the replay after ``last_event_id``, or state."""
+        if last_event_id:
+            replay: Replay | None
+            try:
+                replay = await self._hub.backend.replay([f"tasks/{task.task_id}"], last_event_id)
+            except BackendUnavailable:
+                replay = None  # state, never silence
+            if replay is not None and replay.gap is None:
+                for event in replay.events:
+                    conn.push(event)
+                if replay.events:
+                    conn.min_seq = max(conn.min_seq, replay.events[-1].seq)
+                if task.terminal and conn.close_reason is None:
+                    # The client is past the terminal event's recorded id (another node's
+                    # record lagged): end the stream with the state rather than hang.
+                    await self._push_state(conn, task)
+                return
+        await self._push_state(conn, task)
+
+    async def _push_state(self, conn: Connection, task: Task) -> None:
+        """Queue ``task``'s state (:func:`snapshot_events`), de-duplicated against live events.
+
+        The events carry the task's latest event id. If that id is from an earlier history
+        (a restarted memory backend: the store kept the task, the backend did not keep its
+        ids), an unfinished task's state carries the hub's newest id instead: it marks the
+        same point (everything of this task up to now is in the state), and a resume from
+        it replays exactly what follows. A finished task keeps its terminal event's id, so
+        a reconnect with it still gets 204.
+        """
+        ident = EventId.parse(task.last_event_id) if task.last_event_id else None
+        try:
+            latest = EventId.parse(await self._hub.backend.latest_id())
+        except BackendUnavailable:
+            latest = None
+        current = latest is None or (ident is not None and ident.epoch == latest.epoch)
+        if not current and not task.terminal:
+            ident, current = latest, True
+        for item in snapshot_events(task):
+            draft = self._draft(task, item)
+            if ident is not None and ident.seq > 0:
+                conn.push(Event.from_draft(draft, ident))
+                continue
+            if ident is not None:
+                # ``<epoch>-0`` (a hub with no event yet) is a valid resume point, but
+                # ``push`` treats seq 0 as already delivered: queue the frame as is.
+                frame = Event.from_draft(draft, ident).frame
+            else:
+                # No id to give (nothing of this task was published and the backend is
+                # down): send the state without one, so the resume position does not move.
+                frame = encode_event(draft.payload.decode(), event=item.type)
+            conn.push_raw(frame)
+            if item.type in conn.end_types:
+                conn.close("end")
+        if ident is not None and current:
+            conn.min_seq = max(conn.min_seq, ident.seq)
+
+    # -- internals -----------------------------------------------------------------------
+
+    async def _change(
+        self,
+        task_id: str,
+        principal: Principal | None,
+        transition: Mutation,
+        event: Callable[[Task], TaskEvent],
+    ) -> Task:
+        _check_lookup_id(task_id)
+        store = self.store
+
+        def mutate(task: Task) -> Task:
+            if not may_change(principal, task):
+                raise TaskNotFound(f"no task {task_id}")
+            new = transition(task)
+            self._draft(new, event(new))  # too large or not JSON: refuse before writing
+            return new
+
+        async def apply() -> Task:
+            async with self._locks.hold(task_id):
+                task = await store.update(task_id, mutate)
+                return await self._publish(task, event(task))
+
+        return await self._shielded(apply())
+
+    async def _shielded(self, work: Coroutine[Any, Any, Task]) -> Task:
+        """Run ``work`` to the end even if the caller is cancelled (see the module doc)."""
+        job: asyncio.Task[Task] = asyncio.ensure_future(work)
+        self._inflight.add(job)
+        job.add_done_callback(self._settle)
+        return await asyncio.shield(job)
+
+    def _settle(self, job: asyncio.Task[Any]) -> None:
+        self._inflight.discard(job)
+        if not job.cancelled():
+            # Retrieve the outcome: a caller cancelled meanwhile will never look at it (a
+            # refused change, e.g. TaskFinished, needs no report; the caller is gone).
+            job.exception()
+
+    async def _publish(self, task: Task, item: TaskEvent) -> Task:
+        """Append ``item`` for ``task`` and record its id (called under the task's lock)."""
+        try:
+            appended = await self._hub.append(self._draft(task, item))
+        except (BackendUnavailable, ShuttingDown) as exc:
+            self._unpublished.add(task.task_id)
+            logger.warning(
+                "task %s: %s not published (%s); will publish the task's state later",
+                task.task_id,
+                item.type,
+                exc.message,
+            )
+            return task
+        return await self._record(task, appended.id)
+
+    async def _record(self, task: Task, event_id: str) -> Task:
+        try:
+            return await self.store.update(task.task_id, lambda t: record_event_id(t, event_id))
+        except TaskNotFound:
+            return record_event_id(task, event_id)
+        except BackendUnavailable:
+            logger.warning("task %s: could not record event id %s", task.task_id, event_id)
+            return record_event_id(task, event_id)
+
+    async def _announce_deleted(self, task: Task, reason: str) -> None:
+        self._unpublished.discard(task.task_id)
+        try:
+            await self._hub.append(self._draft(task, deleted_event(task, reason)))
+        except (BackendUnavailable, ShuttingDown) as exc:
+            logger.warning("task %s: task_deleted not published (%s)", task.task_id, exc.message)
+
+    def _draft(self, task: Task, item: TaskEvent) -> Draft:
+        return make_draft(
+            f"tasks/{task.task_id}",
+            item.data,
+            type=item.type,
+            priority=_PRIORITY.get(item.type, "normal"),
+            max_bytes=self._hub.settings.max_event_bytes,
+        )
+
+    def _check_json(self, value: JSON, name: str) -> None:
+        try:
+            size = len(orjson.dumps(value))
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            raise InvalidEvent(f"{name} is not JSON-serializable: {exc}") from exc
+        limit = self._hub.settings.max_event_bytes
+        if size > limit:
+            raise InvalidEvent(f"{name} is {size} bytes as JSON; the limit is {limit}")
+
+    async def _republish(self) -> None:
+        """Publish the current state of tasks whose event the backend refused."""
+        store = self.store
+        for task_id in list(self._unpublished):
+            async with self._locks.hold(task_id):
+                if task_id not in self._unpublished:
+                    continue
+                try:
+                    task = await store.get(task_id)
+                except TaskNotFound:
+                    self._unpublished.discard(task_id)
+                    continue
+                item = terminal_event(task) if task.terminal else progress_event(task)
+                try:
+                    appended = await self._hub.append(self._draft(task, item))
+                except (BackendUnavailable, ShuttingDown):
+                    return  # still down; next round
+                self._unpublished.discard(task_id)
+                await self._record(task, appended.id)
+
+    async def _maintain_forever(self) -> None:
+        retention = self._hub.settings.task_retention
+        purge_every = min(60.0, max(_MAINTENANCE_INTERVAL, retention / 10))
+        next_purge = time.monotonic() + _MAINTENANCE_INTERVAL
+        while True:
+            await asyncio.sleep(_MAINTENANCE_INTERVAL)
+            try:
+                if self._unpublished:
+                    await self._republish()
+                if time.monotonic() >= next_purge:
+                    next_purge = time.monotonic() + purge_every
+                    await self.purge_expired()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("task maintenance failed; retrying in %.0f s", purge_every)
+
+
+def _check_lookup_id(task_id: str) -> None:
+    """A task id that cannot exist is simply not found (no need to tell why)."""
+    try:
+        validate_task_id(task_id)
+    except InvalidEvent:
+        raise TaskNotFound("no such task") from None
