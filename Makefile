@@ -47,7 +47,7 @@ system-deps:
 
 ## bench: the side-by-side benchmarks (see docs/performance.md)
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m pip install --quiet -e '.[bench]' && $(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis

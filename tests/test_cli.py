@@ -26,8 +26,13 @@ def test_tail_shows_what_publish_sends(server: ServerProcess) -> None:
     try:
         wait_for(lambda: _connections(server) == 1, what="tail to subscribe")
         published = tidings(
-            "publish", "chat/general", '{"text": "hi from a terminal"}',
-            "--type", "chat_message", "--url", server.url,
+            "publish",
+            "chat/general",
+            '{"text": "hi from a terminal"}',
+            "--type",
+            "chat_message",
+            "--url",
+            server.url,
         )
         assert published.returncode == 0, published.stderr
         event_id = published.stdout.strip()

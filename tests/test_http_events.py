@@ -14,9 +14,7 @@ from tests.conftest import ServerFactory, ServerProcess, open_sse, wait_for
 from tidings.wire import EventParser
 
 
-async def publish(
-    client: httpx.AsyncClient, topic: str, data: object, **fields: object
-) -> str:
+async def publish(client: httpx.AsyncClient, topic: str, data: object, **fields: object) -> str:
     response = await client.post("/publish", json={"topic": topic, "data": data, **fields})
     assert response.status_code == 202, response.text
     event_id = response.json()["id"]
@@ -83,7 +81,7 @@ async def test_message_type_omits_event_line(http: httpx.AsyncClient) -> None:
         await anext(chunks)
         event_id = await publish(http, "a", {"x": 1}, retry=5000)
         frame = await anext(chunks)
-    assert frame == f"id: {event_id}\nretry: 5000\ndata: {{\"x\":1}}\n\n".encode()
+    assert frame == f'id: {event_id}\nretry: 5000\ndata: {{"x":1}}\n\n'.encode()
 
 
 async def test_resume_replays_each_missed_event_once_across_topics(
@@ -173,7 +171,9 @@ async def test_bad_subscriptions_get_400(
 ) -> None:
     response = await http.get("/events", params=httpx.QueryParams(query), headers=headers)
     assert response.status_code == 400
-    assert response.json() == {"error": {"code": code, "message": response.json()["error"]["message"]}}
+    assert response.json() == {
+        "error": {"code": code, "message": response.json()["error"]["message"]}
+    }
 
 
 @pytest.mark.parametrize(
@@ -196,7 +196,9 @@ async def test_bad_subscriptions_get_400(
 async def test_bad_publishes_are_refused(
     http: httpx.AsyncClient, body: bytes, status: int, code: str
 ) -> None:
-    response = await http.post("/publish", content=body, headers={"content-type": "application/json"})
+    response = await http.post(
+        "/publish", content=body, headers={"content-type": "application/json"}
+    )
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert error["code"] == code
@@ -213,7 +215,9 @@ async def test_oversized_data_gets_413_and_publishes_nothing(
         response = await http.post("/publish", json={"topic": "t", "data": "x" * 1000})
         assert response.status_code == 413
         assert response.json()["error"]["code"] == "payload_too_large"
-        huge = await http.post("/publish", content=b'{"topic": "t", "data": "' + b"y" * 2_000_000 + b'"}')
+        huge = await http.post(
+            "/publish", content=b'{"topic": "t", "data": "' + b"y" * 2_000_000 + b'"}'
+        )
         assert huge.status_code == 413
         assert huge.json()["error"]["code"] == "body_too_large"
         after = await publish(http, "t", "after")
@@ -262,7 +266,13 @@ async def test_stats_metrics_health_and_openapi(http: httpx.AsyncClient) -> None
     assert stats["connections"]["by_task"] == {}
     assert stats["events"]["published"] == 1
     assert stats["events"]["delivered"] == 1
-    assert set(stats["events"]) == {"published", "delivered", "conflated", "dropped", "slow_disconnects"}
+    assert set(stats["events"]) == {
+        "published",
+        "delivered",
+        "conflated",
+        "dropped",
+        "slow_disconnects",
+    }
     assert stats["tasks"] == {"active": 0}
     assert stats["uptime_seconds"] >= 0
     assert metrics.status_code == 200

@@ -54,13 +54,13 @@ async def test_queued_task_progress_is_conflated_in_arrival_order(hub: Hub) -> N
     await conn.next_chunk()
 
     async def progress(task: str, pct: int) -> str:
-        draft = make_draft(f"tasks/{task}", {"task_id": task, "progress": pct}, type="task_progress")
+        draft = make_draft(
+            f"tasks/{task}", {"task_id": task, "progress": pct}, type="task_progress"
+        )
         return (await hub.append(draft)).id
 
     await progress("a", 10)
-    file_event = (
-        await hub.append(make_draft("tasks/a", {"file": 1}, type="file_update"))
-    ).id
+    file_event = (await hub.append(make_draft("tasks/a", {"file": 1}, type="file_update"))).id
     await progress("b", 50)
     latest_a = await progress("a", 20)
     events = await drain(conn)
@@ -79,9 +79,7 @@ async def test_high_priority_progress_is_never_conflated(hub: Hub) -> None:
     conn = await hub.open_stream(["tasks/x"])
     await conn.next_chunk()
     for pct in (1, 2):
-        await hub.append(
-            make_draft("tasks/x", {"p": pct}, type="task_progress", priority="high")
-        )
+        await hub.append(make_draft("tasks/x", {"p": pct}, type="task_progress", priority="high"))
     assert [orjson.loads(e.data) for e in await drain(conn)] == [{"p": 1}, {"p": 2}]
 
 

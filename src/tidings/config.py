@@ -46,7 +46,7 @@ class Settings(BaseSettings):
         "Redis).",
     )
     jwt_secret: SecretStr | None = Field(
-        None, description="HS256 secret for JWTs; turns authentication on."
+        None, description="HS256 secret for JWTs (32 bytes or more); turns authentication on."
     )
     jwt_public_key: str | None = Field(
         None,

@@ -1,21 +1,42 @@
 """JWT verification (HS256 with a secret, RS256/ES256 with a public key) into a Principal.
 
-Only the algorithms that fit the configured key are accepted, so ``alg: none`` and the
-HS/RS confusion attack (an HS256 token signed with the public key as secret) are refused.
+Decisions worth knowing before changing this file:
+
+- Exactly one algorithm is accepted, the one that fits the configured key: HS256 for a
+  secret, RS256 for an RSA public key, ES256 for a P-256 public key. So ``alg: none`` and
+  the HS/RS confusion attack (an HS256 token signed with the public key as its secret) are
+  refused, whatever the token's header says.
+- The key is checked when the verifier is built, not on the first request: an HS256
+  secret under 32 bytes (RFC 7518 §3.2), a private key where a public key belongs, an EC
+  key on another curve are configuration errors that stop start-up.
+- ``exp`` and ``nbf`` are checked when present, with no leeway. ``aud`` and ``iss`` are
+  checked only when configured; configure them whenever the signing key is shared with
+  other services (an identity provider's key signs tokens for every application).
+- A ``sub`` that is not one topic segment still authenticates, but gets no private
+  ``users/<sub>/**`` topics (see :attr:`Principal.private_pattern`).
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from tidings.auth.principal import Principal
-from tidings.errors import ConfigError, NotAuthorized
+from tidings.errors import ConfigError, InvalidTopic, NotAuthorized
 from tidings.topics import validate_pattern
 
-__all__ = ["JWTVerifier"]
+if TYPE_CHECKING:
+    from tidings.config import Settings
+
+__all__ = ["MIN_SECRET_BYTES", "JWTVerifier", "mint_token", "principal_from_claims"]
+
+#: Shortest HS256 secret accepted: the hash's output size (RFC 7518 §3.2).
+MIN_SECRET_BYTES = 32
 
 
 class JWTVerifier:
@@ -23,46 +44,84 @@ class JWTVerifier:
 
     Claims: ``sub`` (the user id), and ``tidings: {subscribe: [patterns], publish:
     [patterns], admin: bool}``; ``exp`` and ``nbf`` are checked when present.
+
+    Args:
+        secret: an HS256 secret (at least 32 bytes).
+        public_key: an RSA or P-256 EC public key, as PEM text or the path of a PEM file.
+        audience: when set, tokens must carry this ``aud``.
+        issuer: when set, tokens must carry this ``iss``.
+
+    Raises:
+        ConfigError: no key, a short secret, or a key that is not an RSA or P-256 public key.
     """
 
-    def __init__(self, *, secret: str | None = None, public_key: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        secret: str | None = None,
+        public_key: str | None = None,
+        audience: str | None = None,
+        issuer: str | None = None,
+    ) -> None:
+        self._audience = audience
+        self._issuer = issuer
         if secret is not None:
+            if len(secret.encode()) < MIN_SECRET_BYTES:
+                raise ConfigError(
+                    f"invalid --jwt-secret / TIDINGS_JWT_SECRET: at least {MIN_SECRET_BYTES} "
+                    "bytes are needed for HS256"
+                )
             self._key: Any = secret
             self._algorithms = ["HS256"]
         elif public_key is not None:
-            text = public_key
-            if "-----BEGIN" not in text:
-                path = Path(public_key)
-                if not path.is_file():
-                    raise ConfigError("invalid --jwt-public-key: neither PEM text nor a file")
-                text = path.read_text()
-            try:
-                self._key = jwt.algorithms.get_default_algorithms()["RS256"].prepare_key(text)
-                self._algorithms = ["RS256"]
-            except (ValueError, TypeError, jwt.InvalidKeyError):
-                try:
-                    self._key = jwt.algorithms.get_default_algorithms()["ES256"].prepare_key(text)
-                    self._algorithms = ["ES256"]
-                except (ValueError, TypeError, jwt.InvalidKeyError) as exc:
-                    raise ConfigError(
-                        "invalid --jwt-public-key: not an RSA or EC public key"
-                    ) from exc
+            self._key, algorithm = _load_public_key(public_key)
+            self._algorithms = [algorithm]
         else:
             raise ConfigError("a JWT secret or public key is required")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> JWTVerifier | None:
+        """The verifier ``settings`` configure, or ``None`` when authentication is off.
+
+        Raises:
+            ConfigError: the key or secret is unusable (the message names the setting).
+        """
+        if not settings.auth_enabled:
+            return None
+        secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
+        return cls(
+            secret=secret,
+            public_key=settings.jwt_public_key,
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+        )
+
+    @property
+    def algorithm(self) -> str:
+        """The one algorithm this verifier accepts."""
+        return self._algorithms[0]
 
     def verify(self, token: str) -> Principal:
         """The principal of ``token``.
 
         Raises:
             NotAuthorized: (401) the token is malformed, expired, not yet valid, signed
-                with another key or algorithm, or its claims are malformed.
+                with another key or algorithm, for another audience or issuer, or its
+                claims are malformed.
         """
+        require = ["sub"]
+        if self._audience is not None:
+            require.append("aud")
+        if self._issuer is not None:
+            require.append("iss")
         try:
             claims = jwt.decode(
                 token,
                 self._key,
                 algorithms=self._algorithms,
-                options={"require": ["sub"], "verify_aud": False},
+                audience=self._audience,
+                issuer=self._issuer,
+                options={"require": require, "verify_aud": self._audience is not None},
                 leeway=0,
             )
         except jwt.ExpiredSignatureError:
@@ -70,6 +129,35 @@ class JWTVerifier:
         except jwt.PyJWTError:
             raise NotAuthorized("invalid token", code="invalid_token", status=401) from None
         return principal_from_claims(claims)
+
+
+def _load_public_key(text: str) -> tuple[Any, str]:
+    """The verification key in ``text`` (PEM, or a path to a PEM file) and its algorithm."""
+    if "-----BEGIN" not in text:
+        path = Path(text)
+        if not path.is_file():
+            raise ConfigError(
+                "invalid --jwt-public-key / TIDINGS_JWT_PUBLIC_KEY: neither PEM text nor a file"
+            )
+        text = path.read_text()
+    if "PRIVATE KEY" in text:
+        raise ConfigError(
+            "invalid --jwt-public-key / TIDINGS_JWT_PUBLIC_KEY: this is a private key; give "
+            "the hub the public key only"
+        )
+    algorithms = jwt.algorithms.get_default_algorithms()
+    for name in ("RS256", "ES256"):
+        try:
+            key = algorithms[name].prepare_key(text)
+        except (ValueError, TypeError, jwt.InvalidKeyError):
+            continue
+        if isinstance(key, rsa.RSAPublicKey):
+            return key, "RS256"
+        if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
+            return key, "ES256"
+    raise ConfigError(
+        "invalid --jwt-public-key / TIDINGS_JWT_PUBLIC_KEY: not an RSA or P-256 (ES256) public key"
+    )
 
 
 def principal_from_claims(claims: dict[str, Any]) -> Principal:
@@ -81,7 +169,7 @@ def principal_from_claims(claims: dict[str, Any]) -> Principal:
     try:
         subscribe = tuple(validate_pattern(p) for p in _strings(grants.get("subscribe", [])))
         publish = tuple(validate_pattern(p) for p in _strings(grants.get("publish", [])))
-    except Exception:
+    except (ValueError, InvalidTopic):
         raise NotAuthorized("invalid token claims", code="invalid_token", status=401) from None
     exp = claims.get("exp")
     return Principal(
@@ -97,3 +185,51 @@ def _strings(value: Any) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError("expected a list of strings")
     return value
+
+
+def mint_token(
+    secret: str,
+    *,
+    sub: str,
+    subscribe: Sequence[str] = (),
+    publish: Sequence[str] = (),
+    admin: bool = False,
+    ttl: float | None = 3600.0,
+    audience: str | None = None,
+    issuer: str | None = None,
+    now: float | None = None,
+) -> str:
+    """An HS256 token with tidings' claims, for development and tests (``tidings token``).
+
+    Production tokens should come from your own auth service; this mints what it would.
+
+    Raises:
+        ConfigError: the secret is under 32 bytes, or a pattern is invalid.
+
+    >>> token = mint_token("s" * 32, sub="alice", subscribe=["chat/**"], ttl=60)
+    >>> JWTVerifier(secret="s" * 32).verify(token).user
+    'alice'
+    """
+    if len(secret.encode()) < MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"invalid --jwt-secret / TIDINGS_JWT_SECRET: at least {MIN_SECRET_BYTES} bytes "
+            "are needed for HS256"
+        )
+    for pattern in (*subscribe, *publish):
+        try:
+            validate_pattern(pattern)
+        except InvalidTopic as exc:
+            raise ConfigError(exc.message) from None
+    issued = int(time.time() if now is None else now)
+    claims: dict[str, Any] = {
+        "sub": sub,
+        "iat": issued,
+        "tidings": {"subscribe": list(subscribe), "publish": list(publish), "admin": admin},
+    }
+    if ttl is not None:
+        claims["exp"] = issued + max(1, round(ttl))
+    if audience is not None:
+        claims["aud"] = audience
+    if issuer is not None:
+        claims["iss"] = issuer
+    return jwt.encode(claims, secret, algorithm="HS256")

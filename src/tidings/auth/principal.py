@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -42,9 +43,21 @@ class Principal:
         """
         if self.unrestricted:
             return True
-        if self.user is not None and _covers(f"users/{self.user}/**", pattern):
+        if self.private_pattern is not None and _covers(self.private_pattern, pattern):
             return True
         return any(_covers(grant, pattern) for grant in self.subscribe)
+
+    @property
+    def private_pattern(self) -> str | None:
+        """``users/<user>/**``, the private topics this principal may always subscribe to.
+
+        ``None`` when there is no user id or it is not one topic segment: a ``sub`` of
+        ``*`` or ``alice/x`` must not reach every user's topics, or ``alice``'s.
+        """
+        user = self.user
+        if user is None or _SEGMENT.fullmatch(user) is None:
+            return None
+        return f"users/{user}/**"
 
     def may_publish(self, topic: str) -> bool:
         """Whether this principal may publish on ``topic``."""
@@ -55,6 +68,9 @@ class Principal:
     def may_receive(self, users: Iterable[str] | None) -> bool:
         """Whether an event targeted at ``users`` (``None``: everyone) reaches this principal."""
         return users is None or (self.user is not None and self.user in users)
+
+
+_SEGMENT = re.compile(r"[A-Za-z0-9_.:@-]+")
 
 
 def _covers(grant: str, pattern: str) -> bool:

@@ -14,7 +14,7 @@ from tidings.errors import NotAuthorized
 if TYPE_CHECKING:
     from tidings.hub import Hub
 
-__all__ = ["client_ip", "resolve_principal", "token_of"]
+__all__ = ["client_ip", "principal_key", "resolve_principal", "token_of"]
 
 COOKIE = "tidings_token"
 
@@ -68,14 +68,23 @@ def _verifier(hub: Hub) -> JWTVerifier | None:
     cached: JWTVerifier | None = getattr(hub, "_jwt_verifier", None)
     if cached is not None or not hub.settings.auth_enabled:
         return cached
-    settings = hub.settings
-    secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
-    verifier = JWTVerifier(secret=secret, public_key=settings.jwt_public_key)
+    verifier = JWTVerifier.from_settings(hub.settings)
     hub._jwt_verifier = verifier  # type: ignore[attr-defined]  # lazily built cache
     return verifier
 
 
 def client_ip(conn: HTTPConnection) -> str:
-    """The client's address as the server saw it (use the proxy's forwarded-for support)."""
+    """The client's address as the server saw it.
+
+    Behind a reverse proxy this is the proxy's address unless the server trusts it to
+    name the client (``--forwarded-allow-ips``); per-IP limits key on this value.
+    """
     client = conn.client
     return client.host if client is not None else "unknown"
+
+
+def principal_key(principal: Principal, conn: HTTPConnection) -> str:
+    """What per-principal limits count by: the user id, or the client IP when anonymous."""
+    if principal.user is not None:
+        return f"user:{principal.user}"
+    return f"ip:{client_ip(conn)}"

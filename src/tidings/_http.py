@@ -1,0 +1,212 @@
+"""uvicorn's httptools protocol with limits on the request head and a request deadline.
+
+Why this exists: with httptools, uvicorn bounds neither the headers (a client may send
+megabytes of them, or thousands, and httptools buffers them all) nor the time a client
+takes to send its request, so a client that never finishes its request line holds a socket
+forever (slowloris). uvicorn's ``timeout_keep_alive`` only runs *between* requests, and
+``h11_max_incomplete_event_size`` only applies to the h11 protocol. This subclass adds:
+
+- a head budget: the request line plus headers may take ``max_head_bytes``; a longer URL is
+  answered ``414``, longer headers ``431`` (JSON error body, then the connection closes);
+- a request deadline: from the moment a connection opens (or a new request on a kept-alive
+  connection begins) the client has ``request_timeout`` seconds to send the whole request,
+  body included. A client still sending its head gets ``408``; one that sent nothing is
+  closed quietly (as uvicorn closes idle keep-alive connections); one stuck in its body is
+  cut (the application sees a disconnect). Once a request is complete no deadline applies,
+  so an event stream may stay open for hours.
+
+Everything is refused before the application runs, so none of it takes a stream slot, a
+rate-limit token or a task. ``tidings serve`` passes this class to uvicorn through
+``functools.partial`` (picklable, so ``--workers`` spawns keep it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import orjson
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+
+__all__ = ["GuardedHttpToolsProtocol"]
+
+logger = logging.getLogger("tidings.http")
+
+#: Seconds a refused connection is kept to drain what the client is still sending.
+LINGER = 2.0
+
+_REASONS = {
+    408: b"Request Timeout",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
+}
+
+
+class _Refused(Exception):
+    """Raised inside a parser callback to stop parsing; httptools wraps it."""
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """``HttpToolsProtocol`` with a request-head size budget and a request deadline.
+
+    Args:
+        max_head_bytes: most bytes of request line plus headers.
+        request_timeout: seconds to send a whole request, from connect or its first byte.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        max_head_bytes: int = 32768,
+        request_timeout: float = 10.0,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.max_head_bytes = max_head_bytes
+        self.request_timeout = request_timeout
+        #: Reading a request head (no request yet, or between requests).
+        self._in_head = True
+        #: Bytes received while reading the current head: an upper bound of its size.
+        self._head_received = 0
+        self._url_bytes = 0
+        self._header_bytes = 0
+        self._refusal: tuple[int, str, str] | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+        #: After a refusal: read and drop what the client still sends, then close.
+        self._discarding = False
+
+    # -- connection ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._discarding:
+            return
+        if self._in_head:
+            self._head_received += len(data)
+        super().data_received(data)
+        # A head still incomplete after this chunk is all head, and httptools buffers a
+        # header until it is complete, so the callbacks alone cannot bound it. (A long URL
+        # was refused already: httptools hands it over piece by piece, in on_url.)
+        if (
+            self._in_head
+            and self._head_received > self.max_head_bytes
+            and not self._discarding
+            and not self.transport.is_closing()
+        ):
+            self._refuse(431, "headers_too_large", "the request headers are too large")
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn calls this when parsing fails, which our callbacks cause on purpose.
+        refusal, self._refusal = self._refusal, None
+        if refusal is None:
+            super().send_400_response(msg)
+        else:
+            self._refuse(*refusal)
+
+    # -- parser callbacks ----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+        self._url_bytes = 0
+        self._header_bytes = 0
+        if self._deadline is None:
+            self._arm()
+
+    def on_url(self, url: bytes) -> None:
+        self._url_bytes += len(url)
+        if self._url_bytes > self.max_head_bytes:
+            self._refusal = (414, "uri_too_long", "the request URL is too long")
+            raise _Refused
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        if self._url_bytes + self._header_bytes > self.max_head_bytes:
+            self._refusal = (431, "headers_too_large", "the request headers are too large")
+            raise _Refused
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        # The request is all in: no deadline while the response runs (streams are long).
+        self._disarm()
+        self._in_head = True
+        self._head_received = 0
+
+    # -- deadline ------------------------------------------------------------------------
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(self.request_timeout, self._on_deadline)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _on_deadline(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        responding = self.cycle is not None and not self.cycle.response_complete
+        if self._in_head and not responding and self._head_received == 0:
+            # Nothing of a request arrived (an idle or preconnected socket): close quietly,
+            # as for keep-alive. An unasked-for 408 could be read by a client as the answer
+            # to the request it is about to send.
+            self.transport.close()
+        elif self._in_head and not responding:
+            self._refuse(408, "request_timeout", "the request took too long to arrive")
+        else:
+            # A body that stopped arriving: the application is waiting for it and owns the
+            # response, so cut the connection; the application sees a disconnect.
+            logger.info("cut a client that stopped sending its request body")
+            self.transport.close()
+
+    # -- refusal -------------------------------------------------------------------------
+
+    def _refuse(self, status: int, code: str, message: str) -> None:
+        """Answer ``status`` with the JSON error body and close, unless a response runs."""
+        self._disarm()
+        transport = self.transport
+        if transport.is_closing() or self._discarding:
+            return
+        client = f"{self.client[0]}" if self.client else "unknown"
+        logger.info("refused a request from %s: %s %s", client, status, code)
+        if self.cycle is not None and not self.cycle.response_complete:
+            # Another response is on the wire (pipelining): no room for ours.
+            transport.close()
+            return
+        body = orjson.dumps({"error": {"code": code, "message": message}})
+        head = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status])]
+        for name, value in self.server_state.default_headers:
+            head.append(name + b": " + value + b"\r\n")
+        head.append(b"content-type: application/json\r\n")
+        head.append(b"content-length: %d\r\n" % len(body))
+        head.append(b"connection: close\r\n\r\n")
+        transport.write(b"".join(head) + body)
+        # Lingering close (as nginx does): closing with unread request bytes in the socket
+        # makes the kernel send a reset, which can destroy our answer before the client
+        # reads it. So end our side, drop what still arrives, and close on the client's
+        # EOF (uvicorn's eof_received) or after LINGER seconds at most.
+        self._discarding = True
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._deadline = self.loop.call_later(LINGER, transport.close)
