@@ -145,9 +145,9 @@ def server_factory() -> Iterator[ServerFactory]:
     started: list[ServerProcess] = []
 
     def start(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
-        proc = ServerProcess(args, env).start()
-        started.append(proc)
-        return proc
+        proc = ServerProcess(args, env)
+        started.append(proc)  # closed at teardown even if it fails to start
+        return proc.start()
 
     yield start
     for proc in started:

@@ -28,16 +28,16 @@ async def test_client_resumes_across_server_ended_streams(server_factory: Server
 
     consumer = asyncio.create_task(consume())
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
-        while (await http.get("/stats")).json()["connections"]["total"] == 0:
+        while (await http.get("/stats")).json()["connections"]["total"] == 0:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
         for i in range(30):
             response = await http.post("/publish", json={"topic": "feed", "data": i})
             ids.append(response.json()["id"])
             await asyncio.sleep(0.1)  # spread publishes over several stream lifetimes
-    await asyncio.wait_for(consumer, 30)
+        await asyncio.wait_for(consumer, 30)
+        stats = (await http.get("/stats")).json()
     assert [e.id for e in received] == ids
     assert [orjson.loads(e.data) for e in received] == list(range(30))
-    stats = httpx.get(server.url + "/stats").json()
     assert stats["events"]["published"] == 30
 
 

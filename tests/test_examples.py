@@ -21,7 +21,7 @@ async def test_fastapi_embedded_example_publishes_from_app_code(tmp_path: Path) 
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "example.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen(
+        proc = subprocess.Popen(  # noqa: ASYNC220 - started once, before the loop is busy
             [sys.executable, str(EXAMPLES / "01_fastapi_embedded.py")],
             env={**os.environ, "PORT": str(port)},
             stdout=out,
@@ -37,19 +37,21 @@ async def test_fastapi_embedded_example_publishes_from_app_code(tmp_path: Path) 
                 return False
 
         wait_for(up, 20, "the example app")
-        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
-            async with open_sse(
+        async with (
+            httpx.AsyncClient(base_url=url, timeout=10) as http,
+            open_sse(
                 http, "/sse/events", params=httpx.QueryParams({"topic": "chat/general"})
-            ) as stream:
-                response = await http.post("/chat", params={"text": "hello"})
-                assert response.status_code == 200
-                event = await stream.next()
-                assert event.event == "chat_message"
-                assert orjson.loads(event.data) == {"text": "hello"}
-                assert event.id == response.json()["id"]
-                # Ctrl-C / SIGTERM ends the open stream cleanly and the app exits promptly.
-                proc.send_signal(signal.SIGTERM)
-                assert await stream.until_end(timeout=15) == []
+            ) as stream,
+        ):
+            response = await http.post("/chat", params={"text": "hello"})
+            assert response.status_code == 200
+            event = await stream.next()
+            assert event.event == "chat_message"
+            assert orjson.loads(event.data) == {"text": "hello"}
+            assert event.id == response.json()["id"]
+            # Ctrl-C / SIGTERM ends the open stream cleanly and the app exits promptly.
+            proc.send_signal(signal.SIGTERM)
+            assert await stream.until_end(timeout=15) == []
         # uvicorn.run re-raises SIGTERM after its graceful shutdown.
         assert proc.wait(15) in (0, -signal.SIGTERM)
     finally:

@@ -23,7 +23,8 @@ async def publish(client: httpx.AsyncClient, topic: str, data: object, **fields:
 
 
 def params(*topics: str, **extra: str) -> httpx.QueryParams:
-    return httpx.QueryParams([("topic", t) for t in topics] + list(extra.items()))
+    pairs: list[tuple[str, str | int | float | bool | None]] = [("topic", t) for t in topics]
+    return httpx.QueryParams(pairs + list(extra.items()))
 
 
 async def test_stream_headers_and_opening_bytes(http: httpx.AsyncClient) -> None:
@@ -169,7 +170,7 @@ async def test_unknown_id_yields_gap_unknown(http: httpx.AsyncClient, bad_id: st
 async def test_bad_subscriptions_get_400(
     http: httpx.AsyncClient, query: list[tuple[str, str]], headers: dict[str, str], code: str
 ) -> None:
-    response = await http.get("/events", params=httpx.QueryParams(query), headers=headers)
+    response = await http.get("/events", params=httpx.QueryParams(tuple(query)), headers=headers)
     assert response.status_code == 400
     assert response.json() == {
         "error": {"code": code, "message": response.json()["error"]["message"]}
@@ -334,12 +335,14 @@ async def test_client_that_stops_reading_is_cut_and_others_keep_receiving(
 
 
 async def test_sigterm_ends_streams_cleanly_and_exits_zero(server: ServerProcess) -> None:
-    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
-        async with open_sse(http, params=params("t")) as stream:
-            event_id = await publish(http, "t", "before shutdown")
-            assert (await stream.next()).id == event_id
-            server.signal(signal.SIGTERM)
-            rest = await stream.until_end(timeout=15)
+    async with (
+        httpx.AsyncClient(base_url=server.url, timeout=10) as http,
+        open_sse(http, params=params("t")) as stream,
+    ):
+        event_id = await publish(http, "t", "before shutdown")
+        assert (await stream.next()).id == event_id
+        server.signal(signal.SIGTERM)
+        rest = await stream.until_end(timeout=15)
     assert rest == []
     assert server.wait(15) == 0
     assert "Traceback" not in server.log()

@@ -171,14 +171,14 @@ class Connection:
         self._bytes += len(frame)
         self._wake()
 
-    def put_front(self, events: list[Event], head: bytes = b"") -> None:
+    def put_front(self, events: list[Event], head: bytes = b"", *, min_seq: int = 0) -> None:
         """Put replayed ``events`` (after ``head``) before everything queued, de-duplicated.
 
         Live events queued while the replay was read are kept only if newer than the last
-        replayed one, so each event reaches the client exactly once and in order.
+        replayed one (or than ``min_seq``), so each event reaches the client exactly once
+        and in order.
         """
-        if events:
-            self.min_seq = events[-1].seq
+        self.min_seq = max(self.min_seq, min_seq, events[-1].seq if events else 0)
         frames = [head] if head else []
         count = 0
         for event in events:
@@ -194,7 +194,7 @@ class Connection:
         while first < len(queued) and not queued[first].startswith(b"id: "):
             first += 1
         lead, live = queued[:first], queued[first:]
-        if events and live:
+        if self.min_seq and live:
             live = [f for f in live if (seq := _seq_of_frame(f)) == 0 or seq > self.min_seq]
         self._queue = lead + frames + live
         self._conflate.clear()

@@ -32,7 +32,7 @@ from tidings.backends.base import Appended, Backend, Replay
 from tidings.config import Settings, load_settings
 from tidings.connection import Connection
 from tidings.errors import BackendUnavailable, InvalidTopic, NotAuthorized, ShuttingDown
-from tidings.events import MAX_ID_BYTES, Draft, Event, make_draft
+from tidings.events import MAX_ID_BYTES, Draft, Event, EventId, make_draft
 from tidings.limits import Limits
 from tidings.topics import TopicIndex, validate_pattern
 from tidings.types import JSON
@@ -246,6 +246,7 @@ class Hub:
                 previous = signal.getsignal(sig)
             except (ValueError, OSError):  # pragma: no cover - not the main thread
                 continue
+
             def handler(
                 signum: int,
                 frame: FrameType | None,
@@ -442,7 +443,10 @@ class Hub:
             gap = replay.gap
             data = orjson.dumps({"last_event_id": gap.last_event_id, "reason": gap.reason})
             head = encode_event(data.decode(), event="gap", id=gap.latest_id)
-            conn.put_front([], head)
+            # Live events queued meanwhile that are not newer than the gap's id are covered
+            # by the state the client refetches; sending them would put ids out of order.
+            latest = EventId.parse(gap.latest_id)
+            conn.put_front([], head, min_seq=latest.seq if latest is not None else 0)
         else:
             conn.put_front(list(replay.events))
 

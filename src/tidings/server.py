@@ -8,10 +8,12 @@ with code 0 within the grace period (see docs/architecture.md).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import re
+import resource
 import signal
 from types import FrameType
 from urllib.parse import unquote_plus
@@ -94,6 +96,8 @@ def run(settings: Settings) -> int:
     """Serve a hub with ``settings`` until SIGTERM/SIGINT; returns the exit code."""
     from tidings.hub import Hub
 
+    _raise_open_files_limit()
+
     level = "trace" if settings.log_level == "trace" else settings.log_level
     common = {
         "host": settings.host,
@@ -147,3 +151,11 @@ def run(settings: Settings) -> int:
 
 def _stopped(signum: int, frame: FrameType | None) -> None:
     """The SIGTERM handler outside uvicorn's run: the server has already shut down."""
+
+
+def _raise_open_files_limit() -> None:
+    """Raise the soft limit on open files to the hard one: every stream holds a socket."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

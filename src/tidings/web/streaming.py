@@ -69,9 +69,7 @@ class EventStreamResponse(Response):
         task = asyncio.current_task()
         transport = _server_transport(task)
         try:
-            await send(
-                {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
-            )
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             if transport is not None:
                 conn.aborter = transport.abort
                 await self._run_direct(conn, transport, receive)
