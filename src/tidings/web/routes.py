@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from tidings.errors import BadRequest, InvalidEvent, InvalidTopic, NotAuthorized, RequestTooLarge
 from tidings.hub import check_patterns
-from tidings.web.errors import TidingsRoute, error_response, validation_message
+from tidings.web.errors import TidingsRoute, error_response, render, validation_message
 from tidings.web.metrics import render_metrics
 from tidings.web.security import client_ip, principal_key, resolve_principal
 from tidings.web.streaming import EventStreamResponse
@@ -20,7 +20,7 @@ from tidings.web.streaming import EventStreamResponse
 if TYPE_CHECKING:
     from tidings.hub import Hub
 
-__all__ = ["PublishRequest", "build_router", "read_json_object"]
+__all__ = ["PublishRequest", "build_router", "events_response", "read_json_object"]
 
 
 class PublishRequest(BaseModel):
@@ -107,6 +107,26 @@ async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
     return value
 
 
+async def events_response(hub: Hub, request: Request) -> Response:
+    """``GET /events``: authorize, register and answer a stream (or the error)."""
+    try:
+        if hub.shutting_down:
+            return error_response(503, "shutting_down", "the hub is shutting down")
+        # Attempts are counted before any other work, so a flood is cut cheaply (SPEC §5).
+        ip = client_ip(request)
+        hub.limits.check_connect(ip)
+        query = request.query_params
+        patterns = check_patterns(query.getlist("topic"))
+        resume = request.headers.get("last-event-id", query.get("last_event_id"))
+        principal = await resolve_principal(hub, request)
+        conn = await hub.open_stream(
+            patterns, principal=principal, last_event_id=resume or None, ip=ip
+        )
+    except Exception as exc:
+        return render(exc)
+    return EventStreamResponse(hub, conn)
+
+
 def build_router(hub: Hub) -> APIRouter:
     """Every tidings endpoint, bound to ``hub``."""
     router = APIRouter(route_class=TidingsRoute, responses=ERRORS)
@@ -126,21 +146,9 @@ def build_router(hub: Hub) -> APIRouter:
         ] = None,
         token: Annotated[str | None, Query(description="Token, if query tokens are on.")] = None,
     ) -> Response:
-        if hub.shutting_down:
-            return error_response(503, "shutting_down", "the hub is shutting down")
-        # Attempts are counted before any other work, so a flood is cut cheaply (SPEC §5).
-        ip = client_ip(request)
-        hub.limits.check_connect(ip)
-        patterns = check_patterns(topic)
-        resume = request.headers.get("last-event-id", last_event_id)
-        principal = await resolve_principal(hub, request)
-        conn = await hub.open_stream(
-            patterns,
-            principal=principal,
-            last_event_id=resume or None,
-            ip=ip,
-        )
-        return EventStreamResponse(hub, conn)
+        # The parameters above document the query for OpenAPI; the work is shared with the
+        # standalone server's fast path (see tidings.web.app).
+        return await events_response(hub, request)
 
     @router.post(
         "/publish",

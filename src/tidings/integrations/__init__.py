@@ -1,0 +1,13 @@
+"""Integrations of tidings with other frameworks.
+
+- :mod:`tidings.integrations.celery`: Celery tasks report their progress to a hub (a task
+  base class, or signal handlers for existing tasks). Needs the ``celery`` extra:
+  ``pip install 'tidings[celery]'``.
+
+Each integration is its own module and imports its framework itself, so importing this
+package needs nothing beyond tidings.
+"""
+
+from __future__ import annotations
+
+__all__: list[str] = []
