@@ -60,6 +60,7 @@ def assert_one_line(result: subprocess.CompletedProcess[str], *needles: str) -> 
         (("--port", "70000"), "--port"),
         (("--backend", "ftp://x"), "--backend"),
         (("--store", "mysql://db"), "--store"),
+        (("--store", "redis"), "--store"),  # the Redis store needs the Redis backend
         (("--keepalive", "0"), "--keepalive"),
         (("--history-size", "-1"), "--history-size"),
         (("--history-ttl", "soon"), "--history-ttl"),
@@ -273,6 +274,21 @@ def test_repeatable_settings_split_on_commas_in_the_environment(
     settings = load_settings()
     assert settings.cors_origin == ["https://a.example", "https://b.example:8443"]
     assert settings.forwarded_allow_ips == ["10.0.0.1", "10.0.0.2"]
+
+
+def test_the_task_store_follows_the_backend_unless_chosen(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SPEC §6/§8: SQLite by default; with the Redis backend, tasks live in Redis."""
+    assert load_settings().store == "sqlite:///./tidings.db"
+    assert load_settings(backend="redis://r:6379/0").store == "redis"
+    assert load_settings(backend="redis://r:6379/0", store="memory").store == "memory"
+    assert load_settings(store="sqlite:///t.db").store == "sqlite:///t.db"
+    monkeypatch.setenv("TIDINGS_BACKEND", "rediss://r:6380/1")
+    assert load_settings().store == "redis"
+    assert load_settings(store="auto").store == "redis"
+    with pytest.raises(ConfigError, match="--store"):
+        load_settings(backend="memory", store="redis")
 
 
 def test_secure_defaults() -> None:

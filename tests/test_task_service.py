@@ -19,7 +19,6 @@ from tidings.auth.principal import ANONYMOUS, Principal
 from tidings.config import load_settings
 from tidings.connection import Connection
 from tidings.errors import (
-    ConfigError,
     EventTooLarge,
     InvalidEvent,
     InvalidTopic,
@@ -498,15 +497,6 @@ def test_open_store_follows_the_store_setting(tmp_path: Path) -> None:
     assert type(open_store(load_settings(store="memory"))).__name__ == "MemoryTaskStore"
     sqlite = open_store(load_settings(store=f"sqlite:///{tmp_path}/x.db"))
     assert type(sqlite).__name__ == "SQLiteTaskStore"
-
-
-def test_a_redis_store_without_the_redis_module_is_a_config_error() -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("tidings.tasks.redis") is not None:
-        pytest.xfail("the Redis task store exists now; its own tests cover --store redis")
-    with pytest.raises(ConfigError, match="--store"):
-        open_store(load_settings(store="redis"))
 
 
 async def test_tasks_survive_a_restart_and_streams_continue(tmp_path: Path) -> None:

@@ -1,8 +1,10 @@
-"""The ``TaskStore`` contract, written once and run against every store (memory, SQLite)."""
+"""The ``TaskStore`` contract, written once and run against every store (memory, SQLite,
+Redis)."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from tidings.tasks.model import (
     new_task,
     record_event_id,
 )
+from tidings.tasks.redis import RedisTaskStore
 from tidings.tasks.sqlite import SQLiteTaskStore
 from tidings.tasks.store import TaskStore
 
@@ -34,11 +37,15 @@ T0 = 1_700_000_000.0
 StoreFactory = Callable[[], TaskStore]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
-    """Makes stores of one kind; SQLite stores made by one factory share one file."""
+    """Makes stores of one kind; SQLite stores made by one factory share one file, Redis
+    stores one (flushed) Redis."""
     if request.param == "memory":
         return MemoryTaskStore
+    if request.param == "redis":
+        url: str = request.getfixturevalue("redis_url")
+        return lambda: RedisTaskStore(url)
     path = tmp_path / "tasks" / "tidings.db"
     return lambda: SQLiteTaskStore(path)
 
@@ -147,11 +154,21 @@ async def test_concurrent_progress_updates_all_succeed_with_their_own_sequence(
     assert (await store.get("a")).sequence == 41
 
 
-async def test_two_store_instances_on_one_file_race_atomically(tmp_path: Path) -> None:
-    """``BEGIN IMMEDIATE`` serializes two processes' read-modify-write on one SQLite file
-    (two connections, two threads here): one terminal transition wins, the other sees it."""
-    path = tmp_path / "shared.db"
-    first, second = SQLiteTaskStore(path), SQLiteTaskStore(path)
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+async def test_two_store_instances_race_atomically(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Two processes' read-modify-write on one store are serialized (SQLite: ``BEGIN
+    IMMEDIATE`` on one file; Redis: a version compare-and-set; two connections here): one
+    terminal transition wins, the other sees it."""
+    first: TaskStore
+    second: TaskStore
+    if kind == "redis":
+        url: str = request.getfixturevalue("redis_url")
+        first, second = RedisTaskStore(url), RedisTaskStore(url)
+    else:
+        path = tmp_path / "shared.db"
+        first, second = SQLiteTaskStore(path), SQLiteTaskStore(path)
     await first.start()
     await second.start()
     try:
@@ -249,3 +266,94 @@ async def test_sqlite_driver_errors_become_backend_unavailable(tmp_path: Path) -
     with pytest.raises(BackendUnavailable) as info:
         await store.start()
     assert info.value.__cause__ is not None
+
+
+# -- Redis specifics --------------------------------------------------------------------------
+
+
+async def test_redis_tasks_are_shared_by_every_store_on_one_redis(redis_url: str) -> None:
+    """What one node stores, another reads, lists, counts and purges (SPEC §6)."""
+    first, second = RedisTaskStore(redis_url), RedisTaskStore(redis_url)
+    await first.start()
+    await second.start()
+    try:
+        await add(first, "a", owner="alice", total=4)
+        await second.update("a", lambda t: apply_progress(t, current=2, now=T0 + 1))
+        assert (await first.get("a")).progress == 50.0
+        assert [t.task_id for t in await second.list(owner="alice")] == ["a"]
+        assert await second.count_active() == 1
+        await first.update("a", lambda t: apply_complete(t, now=T0 + 2))
+        assert await second.count_active() == 0
+        assert [t.task_id for t in await second.list(status="completed")] == ["a"]
+        assert [t.task_id for t in await second.purge(T0 + 3)] == ["a"]
+        assert await first.purge(T0 + 3) == []
+        assert await first.list() == []
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+async def test_racing_purges_delete_each_task_once(redis_url: str) -> None:
+    """Every node runs the purge loop; each expired task is returned to exactly one (so one
+    ``task_deleted`` event is published for it)."""
+    stores = [RedisTaskStore(redis_url) for _ in range(3)]
+    for store in stores:
+        await store.start()
+    try:
+        for i in range(450):
+            await add(stores[0], f"t{i}")
+        purged = await asyncio.gather(*(store.purge(T0 + 1) for store in stores))
+        ids = [task.task_id for gone in purged for task in gone]
+        assert sorted(ids) == sorted(f"t{i}" for i in range(450))
+    finally:
+        for store in stores:
+            await store.aclose()
+
+
+async def test_redis_list_pages_through_filtered_owners(redis_url: str) -> None:
+    store = RedisTaskStore(redis_url)
+    await store.start()
+    try:
+        for i in range(250):
+            await add(store, f"t{i:03}", owner="alice")
+            if i % 50 == 0:
+                await store.update(f"t{i:03}", lambda t: apply_complete(t, now=T0 + 1))
+        done = await store.list(owner="alice", status="completed", limit=10)
+        assert [t.task_id for t in done] == ["t200", "t150", "t100", "t050", "t000"]
+        newest = await store.list(owner="alice", status="pending", limit=3)
+        assert [t.task_id for t in newest] == ["t249", "t248", "t247"]
+        assert len(await store.list(limit=1000)) == 250
+    finally:
+        await store.aclose()
+
+
+async def test_redis_errors_become_backend_unavailable() -> None:
+    """Nothing listens on the port: every call raises ``BackendUnavailable`` with the
+    redis-py error as its cause; ``start`` does not connect, so a hub starts anyway."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    store = RedisTaskStore(f"redis://127.0.0.1:{port}/0")
+    await store.start()
+    try:
+        calls = [
+            store.get("a"),
+            store.insert(new_task("a", now=T0)),
+            store.update("a", lambda t: t),
+            store.delete("a"),
+            store.list(),
+            store.count_active(),
+            store.purge(T0),
+        ]
+        for call in calls:
+            with pytest.raises(BackendUnavailable) as info:
+                await call
+            assert info.value.__cause__ is not None
+    finally:
+        await store.aclose()
+
+
+async def test_a_closed_redis_store_raises_backend_unavailable(redis_url: str) -> None:
+    store = RedisTaskStore(redis_url)
+    with pytest.raises(BackendUnavailable):
+        await store.get("a")

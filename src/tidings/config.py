@@ -26,6 +26,8 @@ from tidings.errors import ConfigError
 __all__ = ["Settings", "is_loopback", "load_settings"]
 
 _ORIGIN_RE = re.compile(r"https?://[^/\s?#]+")
+#: The task store ``--store auto`` means without a Redis backend.
+DEFAULT_SQLITE_STORE = "sqlite:///./tidings.db"
 
 
 class Settings(BaseSettings):
@@ -41,9 +43,9 @@ class Settings(BaseSettings):
         "memory", description="Event backend: 'memory' (one process) or 'redis://host:port/db'."
     )
     store: str = Field(
-        "sqlite:///./tidings.db",
-        description="Task store: 'sqlite:///path' or 'memory' (the Redis backend keeps tasks in "
-        "Redis).",
+        "auto",
+        description="Task store: 'sqlite:///path', 'memory' or 'redis' (the backend's Redis); "
+        "'auto' is 'redis' with a Redis backend, else 'sqlite:///./tidings.db'.",
     )
     jwt_secret: SecretStr | None = Field(
         None, description="HS256 secret for JWTs (32 bytes or more); turns authentication on."
@@ -160,10 +162,21 @@ class Settings(BaseSettings):
 
     @field_validator("store")
     @classmethod
-    def _check_store(cls, value: str) -> str:
-        if value in ("memory", "memory://", "redis") or value.startswith("sqlite:///"):
+    def _check_store(cls, value: str, info: ValidationInfo) -> str:
+        # SPEC §6/§8: with the Redis backend, tasks live in Redis (every node sees them).
+        backend = info.data.get("backend")
+        redis_backend = isinstance(backend, str) and backend.startswith(("redis://", "rediss://"))
+        if value == "auto":
+            return "redis" if redis_backend else DEFAULT_SQLITE_STORE
+        if value == "redis":
+            if not redis_backend:
+                raise ValueError(
+                    "'redis' keeps tasks in the backend's Redis: it needs --backend redis://..."
+                )
             return value
-        raise ValueError("expected 'sqlite:///path' or 'memory'")
+        if value in ("memory", "memory://") or value.startswith("sqlite:///"):
+            return value
+        raise ValueError("expected 'auto', 'sqlite:///path', 'memory' or 'redis'")
 
     @field_validator("log_level")
     @classmethod

@@ -10,7 +10,9 @@ Decisions worth knowing before changing this file:
 - **Order.** Each task has an ``asyncio.Lock`` (created on demand, dropped when idle), held
   from the store update to the recorded event id, so the events of one task reach the
   backend in ``sequence`` order, and a stream's snapshot (taken under the same lock) is
-  never interleaved with a change of that task.
+  never interleaved with a change of that task. That lock holds on one node only: a store
+  shared by nodes and workers (Redis) is a :class:`PublishingTaskStore`, which commits the
+  change and appends its event in one atomic step, so the order holds across nodes too.
 - **Store first, then event.** Across processes the store is the arbiter: of two racing
   terminal requests it lets one commit, the other raises :class:`TaskFinished` before any
   event exists. The reverse order would publish an event that then loses the race.
@@ -19,7 +21,9 @@ Decisions worth knowing before changing this file:
   so a client that disconnects mid-request cannot leave a change without its event. If
   the backend refuses the event (Redis down), the change stands (the store is the truth)
   and the maintenance loop publishes the task's current state as soon as it can; streams
-  never wait forever for a terminal event.
+  never wait forever for a terminal event. (With a :class:`PublishingTaskStore` the change
+  and its event stand or fall together: Redis down, nothing changed, the caller gets
+  :class:`BackendUnavailable`.)
 - **Visibility.** A task may be changed by its owner, an admin, anyone when auth is off,
   and a principal allowed to publish on ``tasks/<id>`` (a worker's token); it may be read
   and streamed by those and by a principal allowed to subscribe to ``tasks/<id>``. Anyone
@@ -78,7 +82,7 @@ from tidings.tasks.model import (
     validate_task_id,
 )
 from tidings.tasks.sqlite import SQLiteTaskStore
-from tidings.tasks.store import Mutation, TaskStore
+from tidings.tasks.store import Mutation, PublishingTaskStore, TaskStore
 from tidings.types import JSON, Priority
 from tidings.wire import encode_event
 
@@ -87,7 +91,14 @@ if TYPE_CHECKING:
     from tidings.connection import Connection
     from tidings.hub import Hub
 
-__all__ = ["MAX_LIST_LIMIT", "TaskService", "may_change", "may_read", "open_store"]
+__all__ = [
+    "MAX_LIST_LIMIT",
+    "TaskService",
+    "event_draft",
+    "may_change",
+    "may_read",
+    "open_store",
+]
 
 logger = logging.getLogger("tidings.tasks")
 
@@ -130,6 +141,24 @@ def open_store(settings: Settings) -> TaskStore:
         return store
     raise ConfigError(
         f"invalid --store / TIDINGS_STORE: expected 'sqlite:///path' or 'memory' (got {url!r})"
+    )
+
+
+def event_draft(task: Task, item: TaskEvent, *, max_bytes: int | None = None) -> Draft:
+    """The draft of ``item`` on ``tasks/<task_id>``, as the task service publishes it
+    (terminal and ``task_deleted`` events are ``high`` priority: never conflated or
+    dropped). Workers that publish straight into Redis use it too.
+
+    Raises:
+        EventTooLarge: the payload is over ``max_bytes``.
+        InvalidEvent: the payload is not JSON.
+    """
+    return make_draft(
+        f"tasks/{task.task_id}",
+        item.data,
+        type=item.type,
+        priority=_PRIORITY.get(item.type, "normal"),
+        max_bytes=max_bytes,
     )
 
 
@@ -203,6 +232,8 @@ class TaskService:
         self._hub = hub
         self._given_store = store
         self._store: TaskStore | None = None
+        # The store, when it appends events itself (Redis): see PublishingTaskStore.
+        self._publishing: PublishingTaskStore | None = None
         self._locks = _TaskLocks()
         self._maintainer: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
@@ -222,6 +253,7 @@ class TaskService:
         store = self._given_store or open_store(self._hub.settings)
         await store.start()
         self._store = store
+        self._publishing = store if isinstance(store, PublishingTaskStore) else None
         self._maintainer = asyncio.create_task(
             self._maintain_forever(), name="tidings-task-maintenance"
         )
@@ -236,6 +268,7 @@ class TaskService:
         if self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)
         store, self._store = self._store, None
+        self._publishing = None
         if store is not None:
             await store.aclose()
 
@@ -332,10 +365,14 @@ class TaskService:
         )
         self._check_json(dict(task.metadata), "metadata")
         self._draft(task, progress_event(task))
-        store = self.store
+        store, publishing = self.store, self._publishing
 
         async def apply() -> Task:
             async with self._locks.hold(task.task_id):
+                if publishing is not None:
+                    return await publishing.insert_and_append(
+                        task, lambda t: self._draft(t, progress_event(t))
+                    )
                 created = await store.insert(task)
                 return await self._publish(created, progress_event(created))
 
@@ -621,7 +658,7 @@ class TaskService:
         event: Callable[[Task], TaskEvent],
     ) -> Task:
         _check_lookup_id(task_id)
-        store = self.store
+        store, publishing = self.store, self._publishing
 
         def mutate(task: Task) -> Task:
             if not may_change(principal, task):
@@ -632,6 +669,12 @@ class TaskService:
 
         async def apply() -> Task:
             async with self._locks.hold(task_id):
+                if publishing is not None:
+                    # One atomic step: the event of sequence N+1 lands right after N's, on
+                    # the wire, whichever node made either.
+                    return await publishing.update_and_append(
+                        task_id, mutate, lambda t: self._draft(t, event(t))
+                    )
                 task = await store.update(task_id, mutate)
                 return await self._publish(task, event(task))
 
@@ -683,13 +726,7 @@ class TaskService:
             logger.warning("task %s: task_deleted not published (%s)", task.task_id, exc.message)
 
     def _draft(self, task: Task, item: TaskEvent) -> Draft:
-        return make_draft(
-            f"tasks/{task.task_id}",
-            item.data,
-            type=item.type,
-            priority=_PRIORITY.get(item.type, "normal"),
-            max_bytes=self._hub.settings.max_event_bytes,
-        )
+        return event_draft(task, item, max_bytes=self._hub.settings.max_event_bytes)
 
     def _check_json(self, value: JSON, name: str) -> None:
         try:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
+from tidings.events import Draft
 from tidings.tasks.model import Task
 
-__all__ = ["Mutation", "TaskStore"]
+__all__ = ["Mutation", "PublishingTaskStore", "TaskStore"]
 
 #: A pure function from the current record to the new one (see :meth:`TaskStore.update`).
 Mutation = Callable[[Task], Task]
@@ -30,11 +31,12 @@ class TaskStore(Protocol):
     - **Atomic transitions.** :meth:`update` reads the latest committed record, calls
       ``mutate`` on it and commits the result as one atomic step across every process
       sharing the store: SQLite runs it in a ``BEGIN IMMEDIATE`` transaction; Redis in a
-      ``WATCH``/``MULTI`` compare-and-set loop, calling ``mutate`` again on the newer record
-      when another writer won. So ``mutate`` must be pure (no I/O, no clock: the caller
-      captures ``now``) and may run more than once. If ``mutate`` raises, nothing is
-      written and the exception escapes unchanged: that is how the loser of two racing
-      terminal requests gets :class:`~tidings.errors.TaskFinished` and uses no sequence.
+      compare-and-set loop (a record version checked by a Lua script), calling ``mutate``
+      again on the newer record when another writer won. So ``mutate`` must be pure (no
+      I/O, no clock: the caller captures ``now``) and may run more than once. If
+      ``mutate`` raises, nothing is written and the exception escapes unchanged: that is
+      how the loser of two racing terminal requests gets
+      :class:`~tidings.errors.TaskFinished` and uses no sequence.
     - **Sequence assignment.** The store never changes ``sequence`` itself. Transitions
       that publish an event return ``sequence + 1``; because each runs atomically on the
       latest record, no two committed records of a task ever share a sequence, and
@@ -109,4 +111,31 @@ class TaskStore(Protocol):
     async def purge(self, before: float) -> builtins.list[Task]:
         """Delete tasks finished before ``before`` (a Unix time), and unfinished ones not
         updated since; return the deleted records."""
+        ...
+
+
+@runtime_checkable
+class PublishingTaskStore(TaskStore, Protocol):
+    """A store that appends a change's event to the hub's backend in the same atomic step.
+
+    A store that lives where the hub's events do (the Redis store, in the backend's Redis)
+    can commit a change and its event together; the task service then calls these instead
+    of :meth:`TaskStore.update` followed by ``hub.append``. Its per-task lock holds only on
+    one node, so without this two nodes (or a node and a worker) changing one task could
+    append their events out of ``sequence`` order.
+
+    Contract, besides :class:`TaskStore`'s: ``event(new)`` is appended to the backend (and
+    so delivered by every node) if and only if ``new`` is committed, and the returned record
+    carries the event's id as ``last_event_id``. If ``mutate`` or ``event`` raises, nothing
+    is written or appended and the exception escapes unchanged.
+    """
+
+    async def insert_and_append(self, task: Task, event: Callable[[Task], Draft]) -> Task:
+        """Store a new task and append ``event(task)``; :class:`TaskExists` if taken."""
+        ...
+
+    async def update_and_append(
+        self, task_id: str, mutate: Mutation, event: Callable[[Task], Draft]
+    ) -> Task:
+        """Atomically replace the task with ``mutate(task)`` and append ``event(new)``."""
         ...
