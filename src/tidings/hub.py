@@ -150,6 +150,7 @@ class Hub:
         self._flush_handle: asyncio.Handle | None = None
         self._backlogged: set[Connection] = set()
         self._backlog_handle: asyncio.TimerHandle | None = None
+        self._grace_handle: asyncio.TimerHandle | None = None
         self._stats = _Counters()
         self._started_at = time.monotonic()
         self._ticker: asyncio.Task[None] | None = None
@@ -180,10 +181,10 @@ class Hub:
         self.begin_shutdown()
         await self.wait_streams_closed(self.settings.shutdown_grace)
         self._running = False
-        for handle in (self._flush_handle, self._backlog_handle):
+        for handle in (self._flush_handle, self._backlog_handle, self._grace_handle):
             if handle is not None:
                 handle.cancel()
-        self._flush_handle = self._backlog_handle = None
+        self._flush_handle = self._backlog_handle = self._grace_handle = None
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -211,13 +212,30 @@ class Hub:
             await self.aclose()
 
     def begin_shutdown(self) -> None:
-        """Refuse new streams (503) and end every open one once its queue is flushed."""
+        """Refuse new streams (503) and end every open one once its queue is flushed.
+
+        Streams whose client does not read what is left are cut when ``shutdown_grace``
+        runs out, so the server can exit within the grace whatever the clients do.
+        """
         if self._closing:
             return
         self._closing = True
         for conn in list(self._live):
             conn.close("shutdown")
         logger.info("shutting down: ending %d streams", len(self._live))
+        with contextlib.suppress(RuntimeError):  # no running loop: aclose() cuts them
+            loop = asyncio.get_running_loop()
+            self._grace_handle = loop.call_later(
+                max(0.0, self.settings.shutdown_grace - 0.5), self._cut_stuck_streams
+            )
+
+    def _cut_stuck_streams(self) -> None:
+        self._grace_handle = None
+        for conn in list(self._live):
+            logger.info("cutting a stream whose client did not read before the grace ran out")
+            conn.close("slow")
+            if conn.aborter is not None:
+                conn.aborter()
 
     @property
     def shutting_down(self) -> bool:

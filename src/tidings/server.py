@@ -20,8 +20,8 @@ from urllib.parse import unquote_plus
 
 import uvicorn
 
-from tidings._http import GuardedHttpToolsProtocol
 from tidings.config import Settings, load_settings
+from tidings.web.protocol import StreamingProtocol
 
 __all__ = ["RedactTokens", "create_app_from_env", "run"]
 
@@ -113,7 +113,7 @@ def run(settings: Settings) -> int:
         "timeout_keep_alive": 5,
         # Head size limits and the request deadline (slowloris); see tidings/_http.py.
         "http": functools.partial(
-            GuardedHttpToolsProtocol,
+            StreamingProtocol,
             max_head_bytes=settings.max_header_bytes,
             request_timeout=settings.request_timeout,
         ),

@@ -34,6 +34,8 @@ def create_app(hub: Hub) -> FastAPI:
         redoc_url=None,
     )
     app.include_router(hub.router)
+    # The standalone server's protocol finds the hub here (tidings.web.protocol).
+    app.state.tidings_hub = hub
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

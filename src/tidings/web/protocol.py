@@ -1,0 +1,257 @@
+"""The standalone server's lean streaming path: ``GET /events`` without an ASGI task.
+
+Decisions worth knowing before changing this file:
+
+- ``tidings serve`` runs uvicorn with this protocol. Every request but ``GET /events`` goes
+  to the ASGI app exactly as uvicorn would send it. ``GET /events`` is answered here, with
+  the same function the route uses (:func:`tidings.web.routes.events_response`): the
+  same checks, limits, errors and headers. A short-lived task opens the stream (auth and
+  replay may await); from then on the stream costs no task at all. The hub writes its
+  chunks straight to the transport, and the protocol's ``connection_lost`` tells the hub
+  the client is gone. A stream then holds a protocol, a parser, a transport and a
+  :class:`~tidings.connection.Connection`: a few KiB instead of a request task with its
+  ASGI call stack (docs/performance.md).
+- The stream's response says ``connection: close``: the connection ends with the stream,
+  after the final empty chunk (a clean end of the chunked body).
+- What ASGI middleware would add is added here: CORS headers for allowed origins, the
+  client address from trusted proxies' forwarded headers, the access log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+import httptools
+from starlette.requests import Request
+from starlette.responses import Response
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+from tidings._http import GuardedHttpToolsProtocol
+from tidings.web.streaming import EventStreamResponse
+
+if TYPE_CHECKING:
+    from tidings.connection import Connection
+    from tidings.hub import Hub
+
+__all__ = ["StreamingProtocol", "cors_headers", "find_hub"]
+
+_REASONS = {
+    200: b"OK",
+    400: b"Bad Request",
+    401: b"Unauthorized",
+    403: b"Forbidden",
+    429: b"Too Many Requests",
+    500: b"Internal Server Error",
+    503: b"Service Unavailable",
+}
+
+
+def find_hub(app: Any) -> Hub | None:
+    """The hub served by ``app`` (set by :func:`tidings.web.app.create_app`), if any."""
+    for _ in range(16):
+        if app is None:
+            return None
+        state = getattr(app, "state", None)
+        hub = getattr(state, "tidings_hub", None) if state is not None else None
+        if hub is not None:
+            return hub  # type: ignore[no-any-return]
+        app = getattr(app, "app", None)
+    return None
+
+
+def cors_headers(origins: list[str], origin: bytes | None) -> list[tuple[bytes, bytes]]:
+    """The CORS headers of a simple (non-preflight) response, as CORSMiddleware sends them."""
+    if origin is None or not origins:
+        return []
+    if "*" in origins:
+        return [
+            (b"access-control-allow-origin", b"*"),
+            (b"access-control-expose-headers", b"Retry-After"),
+        ]
+    if origin.decode("latin-1") not in origins:
+        return []
+    return [
+        (b"access-control-allow-origin", origin),
+        (b"access-control-allow-credentials", b"true"),
+        (b"access-control-expose-headers", b"Retry-After"),
+        (b"vary", b"Origin"),
+    ]
+
+
+class StreamingProtocol(GuardedHttpToolsProtocol):
+    """uvicorn's httptools protocol that serves ``GET /events`` itself (see the module)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._hub: Hub | None = find_hub(self.app)
+        self._streaming = False
+        self._stream: Connection | None = None
+        self._opening: asyncio.Task[None] | None = None
+
+    # -- routing ---------------------------------------------------------------------
+
+    def on_headers_complete(self) -> None:
+        if (
+            self._hub is None
+            or self.parser.get_method() != b"GET"
+            or self.parser.should_upgrade()
+            or httptools.parse_url(self.url).path != b"/events"
+        ):
+            super().on_headers_complete()
+            return
+        self._in_head = False
+        self._streaming = True
+        parsed = httptools.parse_url(self.url)
+        scope = self.scope
+        scope["method"] = "GET"
+        scope["path"] = self.root_path + "/events"
+        scope["raw_path"] = self.root_path.encode("ascii") + parsed.path
+        scope["query_string"] = parsed.query or b""
+        http_version = self.parser.get_http_version()
+        if http_version != "1.1":
+            scope["http_version"] = http_version
+        self._opening = self.loop.create_task(self._open(dict(scope)))
+        # Nothing of the request is needed any more; free it for the stream's lifetime.
+        self.scope = None  # type: ignore[assignment]
+        self.headers = []
+        self.url = b""
+
+    def on_body(self, body: bytes) -> None:
+        if not self._streaming:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self._streaming:
+            super().on_message_complete()
+            return
+        self._disarm()
+        self._in_head = True
+        self._head_received = 0
+
+    def data_received(self, data: bytes) -> None:
+        if self._streaming:
+            return  # anything after a stream's request is ignored: the stream ends it
+        super().data_received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        conn = self._stream
+        if conn is not None:
+            conn.close("client")
+        super().connection_lost(exc)
+
+    def shutdown(self) -> None:
+        # The hub ends streams itself (flushed, then a clean end of the body).
+        if not self._streaming:
+            super().shutdown()
+
+    # -- the stream ------------------------------------------------------------------
+
+    async def _open(self, scope: dict[str, Any]) -> None:
+        hub = self._hub
+        assert hub is not None
+        try:
+            if self.config.proxy_headers:
+                scope = await _forwarded(scope, self.config.forwarded_allow_ips)
+            request = Request(scope)
+            response = await _events_response(hub, request)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.logger.exception("failed to open a stream")
+            self._write_response(Response(status_code=500), scope)
+            return
+        finally:
+            self._opening = None
+        if not isinstance(response, EventStreamResponse):
+            self._write_response(response, scope)
+            return
+        conn = response.conn
+        transport = self.transport
+        if transport.is_closing():
+            hub.close_stream(conn)
+            return
+        head = [b"HTTP/1.1 200 OK\r\n"]
+        head += [n + b": " + v + b"\r\n" for n, v in self.server_state.default_headers]
+        head += [n + b": " + v + b"\r\n" for n, v in response.raw_headers]
+        head += [n + b": " + v + b"\r\n" for n, v in self._cors(scope)]
+        head.append(b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n")
+        transport.write(b"".join(head))
+        self._log_access(scope, 200)
+        self._stream = conn
+        conn.aborter = transport.abort
+        conn.attach(transport, self._ended)
+
+    def _ended(self) -> None:
+        """The stream is over: end the body cleanly (unless cut) and close."""
+        conn = self._stream
+        if conn is None:
+            return
+        transport = self.transport
+        if conn.close_reason not in ("slow", "client") and not transport.is_closing():
+            transport.write(b"0\r\n\r\n")
+            transport.close()
+        conn.detach()
+        hub = self._hub
+        if hub is not None:
+            # Not now: this may run inside the hub's dispatch, which iterates the index.
+            self.loop.call_soon(hub.close_stream, conn)
+
+    def _write_response(self, response: Response, scope: dict[str, Any]) -> None:
+        transport = self.transport
+        if transport.is_closing():
+            return
+        status = response.status_code
+        reason = _REASONS.get(status, b"Error")
+        head = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        head += [n + b": " + v + b"\r\n" for n, v in self.server_state.default_headers]
+        headers = [(n, v) for n, v in response.raw_headers if n != b"content-length"]
+        head += [n + b": " + v + b"\r\n" for n, v in headers]
+        head += [n + b": " + v + b"\r\n" for n, v in self._cors(scope)]
+        body = response.body
+        head.append(b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body))
+        transport.write(b"".join(head) + body)
+        self._log_access(scope, status)
+        transport.close()
+
+    def _cors(self, scope: dict[str, Any]) -> list[tuple[bytes, bytes]]:
+        hub = self._hub
+        if hub is None:
+            return []
+        origin = next((v for n, v in scope["headers"] if n == b"origin"), None)
+        return cors_headers(hub.settings.cors_origin, origin)
+
+    def _log_access(self, scope: dict[str, Any], status: int) -> None:
+        if not self.access_log:
+            return
+        client = scope.get("client")
+        where = f"{client[0]}:{client[1]}" if client else "-"
+        query = scope.get("query_string", b"")
+        path = scope["path"] + ("?" + query.decode("latin-1") if query else "")
+        self.access_logger.info(
+            '%s - "%s %s HTTP/%s" %d', where, "GET", path, scope["http_version"], status
+        )
+
+
+async def _events_response(hub: Hub, request: Request) -> Response:
+    from tidings.web.routes import events_response
+
+    return await events_response(hub, request)
+
+
+async def _forwarded(scope: dict[str, Any], trusted: Any) -> dict[str, Any]:
+    """``scope`` with the client address from trusted proxies' headers (as uvicorn does)."""
+    seen: dict[str, Any] = {}
+
+    async def capture(inner: Any, receive: Any, send: Any) -> None:
+        seen["scope"] = inner
+
+    with contextlib.suppress(Exception):
+        await ProxyHeadersMiddleware(capture, trusted_hosts=trusted)(scope, _never, _never)  # type: ignore[arg-type]
+    found: dict[str, Any] = seen.get("scope", scope)
+    return found
+
+
+async def _never(*args: Any) -> Any:  # pragma: no cover - the middleware never calls it
+    raise RuntimeError("unused")
