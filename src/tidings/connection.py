@@ -51,8 +51,6 @@ CloseReason = Literal["end", "shutdown", "max_age", "auth_expired", "slow", "cli
 #: Unsent bytes a direct transport may hold before frames wait in the queue instead.
 HIGH_WATER = 64 * 1024
 
-_CRLF = b"\r\n"
-
 
 class Connection:
     """A subscriber's stream, owned by the web layer.
@@ -264,34 +262,39 @@ class Connection:
         """Stop writing to the transport (the web layer sends the end of the body)."""
         self._transport = None
 
-    def flush(self) -> None:
-        """Write everything queued to the transport as one chunk (the hub's flush)."""
+    def flush(self, now: float) -> int:
+        """Write everything queued to the transport as one chunk (the hub's flush).
+
+        ``now`` is the monotonic time of the flush; returns the events written.
+        """
         self._dirty = False
         transport = self._transport
         if transport is None or self.holding:
-            return
+            return 0
         if transport.is_closing():
             self.close_reason = self.close_reason or "client"
             self._end()
-            return
-        if self._queue:
+            return 0
+        written = 0
+        queue = self._queue
+        if queue:
             if transport.get_write_buffer_size() > HIGH_WATER:
                 # The client is behind: keep the frames here, where progress is conflated
                 # and the bound applies, until the transport drains.
                 self._hub._backlog(self)
-                return
-            queue = self._queue
+                return 0
             data = b"".join(queue) if len(queue) > 1 else queue[0]
-            self._hub._stats.delivered += self._count
+            written = self._count
             self._queue = []
             if self._conflate:
                 self._conflate.clear()
             self._count = self._bytes = 0
             if data:
-                transport.write(b"".join((b"%x\r\n" % len(data), data, _CRLF)))
-                self.last_write = time.monotonic()
+                transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+                self.last_write = now
         if self.close_reason is not None:
             self._end()
+        return written
 
     @property
     def backlogged(self) -> bool:

@@ -350,8 +350,11 @@ class Hub:
         self._flush_handle = None
         dirty = self._dirty
         self._dirty = []
+        now = time.monotonic()
+        written = 0
         for conn in dirty:
-            conn.flush()
+            written += conn.flush(now)
+        self._stats.delivered += written
 
     def _backlog(self, conn: Connection) -> None:
         """Retry ``conn`` later: its transport holds too many unsent bytes."""
@@ -371,7 +374,7 @@ class Hub:
             if conn.backlogged:
                 self._backlogged.add(conn)
             else:
-                conn.flush()
+                self._stats.delivered += conn.flush(time.monotonic())
         if self._backlogged and self._backlog_handle is None:
             self._backlog_handle = asyncio.get_running_loop().call_later(
                 BACKLOG_RETRY, self._retry_backlog
