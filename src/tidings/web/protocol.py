@@ -180,6 +180,9 @@ class StreamingProtocol(GuardedHttpToolsProtocol):
         transport.write(b"".join(head))
         self._log_access(scope, 200)
         self._stream = conn
+        # The connection reads nothing more (the stream ends it): drop the parser, which
+        # every idle stream would otherwise keep.
+        self.parser = None  # type: ignore[assignment]
         conn.aborter = transport.abort
         conn.attach(transport, self._ended)
 
