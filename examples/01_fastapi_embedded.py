@@ -17,7 +17,7 @@ import os
 import uvicorn
 from fastapi import FastAPI
 
-from tidings.hub import Hub
+from tidings import Hub
 
 hub = Hub(store=os.environ.get("TIDINGS_STORE", "memory"))
 app = FastAPI(lifespan=hub.lifespan)

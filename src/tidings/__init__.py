@@ -1,5 +1,56 @@
-"""tidings: a Server-Sent Events hub for Python back ends."""
+"""tidings: a Server-Sent Events hub for Python back ends.
+
+The supported names are re-exported here; everything else is reached through its module.
+"""
 
 from __future__ import annotations
 
+from tidings.auth.principal import Principal
+from tidings.client import AsyncPublisher, Publisher, subscribe
+from tidings.config import Settings
+from tidings.errors import (
+    BackendUnavailable,
+    ConfigError,
+    EventTooLarge,
+    InvalidEvent,
+    InvalidTopic,
+    LimitExceeded,
+    NotAuthorized,
+    ShuttingDown,
+    TaskError,
+    TaskExists,
+    TaskFinished,
+    TaskNotFound,
+    TidingsError,
+)
+from tidings.events import Event
+from tidings.hub import Hub, HubStatistics
+from tidings.tasks.model import Task
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "AsyncPublisher",
+    "BackendUnavailable",
+    "ConfigError",
+    "Event",
+    "EventTooLarge",
+    "Hub",
+    "HubStatistics",
+    "InvalidEvent",
+    "InvalidTopic",
+    "LimitExceeded",
+    "NotAuthorized",
+    "Principal",
+    "Publisher",
+    "Settings",
+    "ShuttingDown",
+    "Task",
+    "TaskError",
+    "TaskExists",
+    "TaskFinished",
+    "TaskNotFound",
+    "TidingsError",
+    "__version__",
+    "subscribe",
+]
