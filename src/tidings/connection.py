@@ -140,7 +140,7 @@ class Connection:
             return
         if event.users is not None and (self.user is None or self.user not in event.users):
             return
-        frame = event.frame
+        frame = event.chunk if self._transport is not None else event.frame
         queue = self._queue
         if event.conflatable:
             at = self._conflate.get(event.topic)
@@ -165,6 +165,8 @@ class Connection:
         """Queue bytes that are not an event (a comment, a ``gap`` or ``auth_expired``)."""
         if self.close_reason is not None:
             return
+        if self._transport is not None:
+            frame = _chunk(frame)
         self._queue.append(frame)
         self._bytes += len(frame)
         self._wake()
@@ -177,11 +179,12 @@ class Connection:
         and in order.
         """
         self.min_seq = max(self.min_seq, min_seq, events[-1].seq if events else 0)
-        frames = [head] if head else []
+        chunked = self._transport is not None
+        frames = [_chunk(head) if chunked else head] if head else []
         count = 0
         for event in events:
             if self.principal.may_receive(event.users):
-                frames.append(event.frame)
+                frames.append(event.chunk if chunked else event.frame)
                 count += 1
                 self.last_id = event.id
                 if event.type in self.end_types:
@@ -189,7 +192,7 @@ class Connection:
         # What was queued before the first event (the opening bytes) stays in front.
         queued = self._queue
         first = 0
-        while first < len(queued) and not queued[first].startswith(b"id: "):
+        while first < len(queued) and not _seq_of_frame(queued[first]):
             first += 1
         lead, live = queued[:first], queued[first:]
         if self.min_seq and live:
@@ -253,6 +256,10 @@ class Connection:
         """
         self._transport = transport
         self._on_end = on_end
+        # From now on the queue holds HTTP chunks (see Event.chunk).
+        self._queue = [_chunk(frame) for frame in self._queue if frame]
+        self._conflate.clear()
+        self._bytes = sum(len(frame) for frame in self._queue)
         if self.close_reason in ("slow", "client"):
             self._end()
         elif self._queue or self.close_reason is not None:
@@ -290,7 +297,7 @@ class Connection:
                 self._conflate.clear()
             self._count = self._bytes = 0
             if data:
-                transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+                transport.write(data)
                 self.last_write = now
         if self.close_reason is not None:
             self._end()
@@ -352,10 +359,19 @@ class Connection:
                 self._waiter = None
 
 
+def _chunk(frame: bytes) -> bytes:
+    """``frame`` as one HTTP/1.1 chunk."""
+    return b"%x\r\n%b\r\n" % (len(frame), frame)
+
+
 def _seq_of_frame(frame: bytes) -> int:
-    """The seq of an event frame (``id: <epoch>-<seq>\\n...``); 0 for non-event frames."""
+    """The seq of an event frame (``id: <epoch>-<seq>\\n...``, possibly as an HTTP chunk);
+    0 for anything else (comments, the opening bytes, a gap)."""
+    start = 0
     if not frame.startswith(b"id: "):
-        return 0
-    line = frame[4 : frame.index(b"\n")]
+        start = frame.find(b"\r\n") + 2
+        if start == 1 or not frame.startswith(b"id: ", start):
+            return 0
+    line = frame[start + 4 : frame.index(b"\n", start)]
     _, _, seq = line.rpartition(b"-")
     return int(seq) if seq.isdigit() else 0

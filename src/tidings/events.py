@@ -104,11 +104,15 @@ class Event:
     time: float
     frame: bytes
     conflatable: bool
+    #: :attr:`frame` as one HTTP/1.1 chunk (``<size>\r\n<frame>\r\n``), for connections
+    #: that write to the transport directly: framed once, like the frame itself.
+    chunk: bytes
 
     @classmethod
     def from_draft(cls, draft: Draft, event_id: EventId) -> Event:
         """Give ``draft`` its id and encode its SSE frame (the only encoding it gets)."""
         ident = str(event_id)
+        frame = encode_frame(ident, draft.type, draft.payload, draft.retry)
         return cls(
             id=ident,
             seq=event_id.seq,
@@ -119,8 +123,9 @@ class Event:
             users=draft.users,
             retry=draft.retry,
             time=draft.time,
-            frame=encode_frame(ident, draft.type, draft.payload, draft.retry),
+            frame=frame,
             conflatable=draft.conflatable,
+            chunk=b"%x\r\n%b\r\n" % (len(frame), frame),
         )
 
     @property
