@@ -200,6 +200,9 @@ async def test_a_task_created_on_one_node_streams_from_another(
     assert response.status_code == 204
     stats = await ok(await http.get(f"{b.url}/stats"))
     assert stats["tasks"]["active"] == 0
+    # Node A wrote four task events (created, two progress, completed) through the store's
+    # script: /stats counts them as published there.
+    assert (await ok(await http.get(f"{a.url}/stats")))["events"]["published"] == 4
 
 
 async def test_expired_tasks_are_purged_once_across_nodes(

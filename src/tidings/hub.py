@@ -333,6 +333,14 @@ class Hub:
             self._stats.published += 1
         return appended
 
+    def note_published(self) -> None:
+        """Count an event that was appended to the backend outside :meth:`append`.
+
+        The Redis task store writes a task change and its event in one script; its events
+        are published all the same and count in ``/stats`` like any other.
+        """
+        self._stats.published += 1
+
     def _dispatch(self, event: Event) -> None:
         """Push ``event`` to every matching connection (called by the backend)."""
         for conn in self._index.match(event.topic):

@@ -370,9 +370,11 @@ class TaskService:
         async def apply() -> Task:
             async with self._locks.hold(task.task_id):
                 if publishing is not None:
-                    return await publishing.insert_and_append(
+                    inserted = await publishing.insert_and_append(
                         task, lambda t: self._draft(t, progress_event(t))
                     )
+                    self._hub.note_published()
+                    return inserted
                 created = await store.insert(task)
                 return await self._publish(created, progress_event(created))
 
@@ -672,9 +674,11 @@ class TaskService:
                 if publishing is not None:
                     # One atomic step: the event of sequence N+1 lands right after N's, on
                     # the wire, whichever node made either.
-                    return await publishing.update_and_append(
+                    updated = await publishing.update_and_append(
                         task_id, mutate, lambda t: self._draft(t, event(t))
                     )
+                    self._hub.note_published()
+                    return updated
                 task = await store.update(task_id, mutate)
                 return await self._publish(task, event(task))
 
