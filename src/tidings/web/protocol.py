@@ -1,11 +1,13 @@
-"""The standalone server's lean streaming path: ``GET /events`` without an ASGI task.
+"""The standalone server's lean streaming path: streams without an ASGI task.
 
 Decisions worth knowing before changing this file:
 
-- ``tidings serve`` runs uvicorn with this protocol. Every request but ``GET /events`` goes
-  to the ASGI app exactly as uvicorn would send it. ``GET /events`` is answered here, with
-  the same function the route uses (:func:`tidings.web.routes.events_response`): the
-  same checks, limits, errors and headers. A short-lived task opens the stream (auth and
+- ``tidings serve`` runs uvicorn with this protocol. Every request but ``GET /events`` and
+  ``GET /tasks/{id}/stream`` goes to the ASGI app exactly as uvicorn would send it. Those
+  two are answered here, with the same functions the routes use
+  (:func:`tidings.web.routes.events_response`,
+  :func:`tidings.web.task_routes.task_stream_response`): the same checks, limits, errors
+  and headers. A short-lived task opens the stream (auth and
   replay may await); from then on the stream costs no task at all. The hub writes its
   chunks straight to the transport, and the protocol's ``connection_lost`` tells the hub
   the client is gone. A stream then holds a protocol, a parser, a transport and a
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import urllib.parse
 from typing import TYPE_CHECKING, Any
 
 import httptools
@@ -39,9 +42,13 @@ __all__ = ["StreamingProtocol", "cors_headers", "find_hub"]
 
 _REASONS = {
     200: b"OK",
+    204: b"No Content",
     400: b"Bad Request",
     401: b"Unauthorized",
     403: b"Forbidden",
+    404: b"Not Found",
+    409: b"Conflict",
+    422: b"Unprocessable Entity",
     429: b"Too Many Requests",
     500: b"Internal Server Error",
     503: b"Service Unavailable",
@@ -93,26 +100,29 @@ class StreamingProtocol(GuardedHttpToolsProtocol):
     # -- routing ---------------------------------------------------------------------
 
     def on_headers_complete(self) -> None:
+        stream = None
         if (
-            self._hub is None
-            or self.parser.get_method() != b"GET"
-            or self.parser.should_upgrade()
-            or httptools.parse_url(self.url).path != b"/events"
+            self._hub is not None
+            and self.parser.get_method() == b"GET"
+            and not self.parser.should_upgrade()
         ):
+            parsed = httptools.parse_url(self.url)
+            stream = _stream_of(parsed.path)
+        if stream is None:
             super().on_headers_complete()
             return
         self._in_head = False
         self._streaming = True
-        parsed = httptools.parse_url(self.url)
+        path, task_id = stream
         scope = self.scope
         scope["method"] = "GET"
-        scope["path"] = self.root_path + "/events"
+        scope["path"] = self.root_path + path
         scope["raw_path"] = self.root_path.encode("ascii") + parsed.path
         scope["query_string"] = parsed.query or b""
         http_version = self.parser.get_http_version()
         if http_version != "1.1":
             scope["http_version"] = http_version
-        self._opening = self.loop.create_task(self._open(dict(scope)))
+        self._opening = self.loop.create_task(self._open(dict(scope), task_id))
         # Nothing of the request is needed any more; free it for the stream's lifetime.
         self.scope = None  # type: ignore[assignment]
         self.headers = []
@@ -148,14 +158,14 @@ class StreamingProtocol(GuardedHttpToolsProtocol):
 
     # -- the stream ------------------------------------------------------------------
 
-    async def _open(self, scope: dict[str, Any]) -> None:
+    async def _open(self, scope: dict[str, Any], task_id: str | None) -> None:
         hub = self._hub
         assert hub is not None
         try:
             if self.config.proxy_headers:
                 scope = await _forwarded(scope, self.config.forwarded_allow_ips)
             request = Request(scope)
-            response = await _events_response(hub, request)
+            response = await _stream_response(hub, request, task_id)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -213,7 +223,9 @@ class StreamingProtocol(GuardedHttpToolsProtocol):
         head += [n + b": " + v + b"\r\n" for n, v in headers]
         head += [n + b": " + v + b"\r\n" for n, v in self._cors(scope)]
         body = response.body
-        head.append(b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body))
+        if status not in (204, 304):
+            head.append(b"content-length: %d\r\n" % len(body))
+        head.append(b"connection: close\r\n\r\n")
         transport.write(b"".join(head) + body)
         self._log_access(scope, status)
         transport.close()
@@ -237,10 +249,34 @@ class StreamingProtocol(GuardedHttpToolsProtocol):
         )
 
 
-async def _events_response(hub: Hub, request: Request) -> Response:
+async def _stream_response(hub: Hub, request: Request, task_id: str | None) -> Response:
     from tidings.web.routes import events_response
+    from tidings.web.task_routes import task_stream_response
 
-    return await events_response(hub, request)
+    if task_id is None:
+        return await events_response(hub, request)
+    return await task_stream_response(hub, request, task_id)
+
+
+def _stream_of(raw_path: bytes) -> tuple[str, str | None] | None:
+    """``(path, task_id)`` when ``raw_path`` is a stream this protocol serves, else ``None``.
+
+    ``/events`` gives ``("/events", None)``; ``/tasks/<id>/stream`` gives the task id.
+    """
+    if raw_path == b"/events":
+        return "/events", None
+    if not (raw_path.startswith(b"/tasks/") and raw_path.endswith(b"/stream")):
+        return None
+    try:
+        path = raw_path.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    if "%" in path:
+        path = urllib.parse.unquote(path)
+    task_id = path[len("/tasks/") : -len("/stream")]
+    if not task_id or "/" in task_id:
+        return None
+    return path, task_id
 
 
 async def _forwarded(scope: dict[str, Any], trusted: Any) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from starlette.responses import Response
 from tidings.auth.principal import Principal
 from tidings.errors import InvalidEvent
 from tidings.tasks.model import Task
-from tidings.web.errors import TidingsRoute, error_response, validation_message
+from tidings.web.errors import TidingsRoute, error_response, render, validation_message
 from tidings.web.routes import ERRORS, read_json_object
 from tidings.web.security import client_ip, principal_key, resolve_principal
 from tidings.web.streaming import EventStreamResponse
@@ -39,6 +39,7 @@ __all__ = [
     "FileUpdateRequest",
     "ProgressRequest",
     "build_task_router",
+    "task_stream_response",
 ]
 
 Number: TypeAlias = StrictInt | StrictFloat
@@ -291,18 +292,28 @@ def build_task_router(hub: Hub) -> APIRouter:
         ] = None,
         token: Annotated[str | None, Query(description="Token, if query tokens are on.")] = None,
     ) -> Response:
+        # The parameters above document the query for OpenAPI; the work is shared with the
+        # standalone server's protocol (tidings.web.protocol).
+        return await task_stream_response(hub, request, task_id)
+
+    return router
+
+
+async def task_stream_response(hub: Hub, request: Request, task_id: str) -> Response:
+    """``GET /tasks/{task_id}/stream``: a task's stream, ``204`` after its end, or the error."""
+    try:
         if hub.shutting_down:
             return error_response(503, "shutting_down", "the hub is shutting down")
         # Attempts are counted before any other work, as for /events (SPEC §5).
         ip = client_ip(request)
         hub.limits.check_connect(ip)
         principal = await resolve_principal(hub, request)
-        resume = request.headers.get("last-event-id", last_event_id)
-        conn = await tasks.open_stream(
+        resume = request.headers.get("last-event-id", request.query_params.get("last_event_id"))
+        conn = await hub.tasks.open_stream(
             task_id, principal=principal, last_event_id=resume or None, ip=ip
         )
-        if conn is None:
-            return Response(status_code=204)
-        return EventStreamResponse(hub, conn)
-
-    return router
+    except Exception as exc:
+        return render(exc)
+    if conn is None:
+        return Response(status_code=204)
+    return EventStreamResponse(hub, conn)
