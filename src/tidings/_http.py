@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from http import HTTPStatus
 from typing import Any
 
 import orjson
@@ -37,12 +38,6 @@ logger = logging.getLogger("tidings.http")
 
 #: Seconds a refused connection is kept to drain what the client is still sending.
 LINGER = 2.0
-
-_REASONS = {
-    408: b"Request Timeout",
-    414: b"URI Too Long",
-    431: b"Request Header Fields Too Large",
-}
 
 
 class _Refused(Exception):
@@ -195,7 +190,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             transport.close()
             return
         body = orjson.dumps({"error": {"code": code, "message": message}})
-        head = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS[status])]
+        head = [b"HTTP/1.1 %d %s\r\n" % (status, HTTPStatus(status).phrase.encode("ascii"))]
         for name, value in self.server_state.default_headers:
             head.append(name + b": " + value + b"\r\n")
         head.append(b"content-type: application/json\r\n")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import urllib.parse
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 import httptools
@@ -39,20 +40,6 @@ if TYPE_CHECKING:
     from tidings.hub import Hub
 
 __all__ = ["StreamingProtocol", "cors_headers", "find_hub"]
-
-_REASONS = {
-    200: b"OK",
-    204: b"No Content",
-    400: b"Bad Request",
-    401: b"Unauthorized",
-    403: b"Forbidden",
-    404: b"Not Found",
-    409: b"Conflict",
-    422: b"Unprocessable Entity",
-    429: b"Too Many Requests",
-    500: b"Internal Server Error",
-    503: b"Service Unavailable",
-}
 
 
 def find_hub(app: Any) -> Hub | None:
@@ -216,7 +203,7 @@ class StreamingProtocol(GuardedHttpToolsProtocol):
         if transport.is_closing():
             return
         status = response.status_code
-        reason = _REASONS.get(status, b"Error")
+        reason = HTTPStatus(status).phrase.encode("ascii")
         head = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
         head += [n + b": " + v + b"\r\n" for n, v in self.server_state.default_headers]
         headers = [(n, v) for n, v in response.raw_headers if n != b"content-length"]
