@@ -159,6 +159,12 @@ class Connection:
             return
         if event.type in self.end_types:
             self.close_reason = "end"
+        if self._transport is not None:
+            # _wake's direct-write branch, inlined: this runs once per delivery.
+            if not self._dirty and not self.holding:
+                self._dirty = True
+                self._hub._mark_dirty(self)
+            return
         self._wake()
 
     def push_raw(self, frame: bytes) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import urllib.parse
+from collections import deque
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,10 @@ if TYPE_CHECKING:
     from tidings.hub import Hub
 
 __all__ = ["StreamingProtocol", "cors_headers", "find_hub"]
+
+
+#: Shared by every stream in place of its own (empty) pipelining deque.
+_NO_PIPELINE: deque[Any] = deque(maxlen=0)
 
 
 def find_hub(app: Any) -> Hub | None:
@@ -177,9 +182,11 @@ class StreamingProtocol(GuardedHttpToolsProtocol):
         transport.write(b"".join(head))
         self._log_access(scope, 200)
         self._stream = conn
-        # The connection reads nothing more (the stream ends it): drop the parser, which
-        # every idle stream would otherwise keep.
+        # The connection reads nothing more (the stream ends it): drop the parser and the
+        # pipelining queue (only used when a response completes, which a stream's never
+        # does here), which every idle stream would otherwise keep.
         self.parser = None  # type: ignore[assignment]
+        self.pipeline = _NO_PIPELINE
         conn.aborter = transport.abort
         conn.attach(transport, self._ended)
 
