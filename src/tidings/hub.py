@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from tidings.auth.jwt import JWTVerifier
 from tidings.auth.principal import ANONYMOUS, Principal
 from tidings.backends.base import Appended, Backend, Replay
 from tidings.config import Settings, load_settings
@@ -135,6 +136,9 @@ class Hub:
             else open_backend(settings.backend, settings)
         )
         self.authenticate = authenticate
+        #: Verifies bearer tokens when JWT auth is configured (and no ``authenticate``);
+        #: loaded by :meth:`start`, so a bad key stops start-up, not a request.
+        self.jwt_verifier: JWTVerifier | None = None
         #: Rate limits and stream caps (SPEC §5); the web layer checks the rates, and
         #: :meth:`open_stream`/:meth:`close_stream` take and free the stream slots.
         self.limits = Limits(
@@ -145,7 +149,8 @@ class Hub:
         )
         self._index: TopicIndex[Connection] = TopicIndex()
         self._live: set[Connection] = set()
-        self._pending_replay: dict[Connection, tuple[str, str]] = {}
+        #: Streams whose resume waits for the backend, with the id they resume after.
+        self._pending_replay: dict[Connection, str] = {}
         self._dirty: list[Connection] = []
         self._flush_handle: asyncio.Handle | None = None
         self._backlogged: set[Connection] = set()
@@ -168,6 +173,8 @@ class Hub:
         """Connect the backend and start the ticker. Idempotent."""
         if self._running:
             return
+        if self.authenticate is None:
+            self.jwt_verifier = JWTVerifier.from_settings(self.settings)
         await self.backend.start(self._dispatch)
         await self.tasks.start()
         self._running = True
@@ -458,7 +465,7 @@ class Hub:
                 await self._resume(conn, last_event_id)
         except BackendUnavailable:
             if last_event_id is not None:
-                self._pending_replay[conn] = (last_event_id, "")
+                self._pending_replay[conn] = last_event_id
                 return conn
         except BaseException:
             self.close_stream(conn)
@@ -533,7 +540,7 @@ class Hub:
                     conn.close("max_age")
             elif not conn.holding and now - conn.last_write >= idle_after and not conn.queued:
                 conn.push_raw(KEEPALIVE)
-        for conn, (last_id, _) in list(self._pending_replay.items()):
+        for conn, last_id in list(self._pending_replay.items()):
             try:
                 await self._resume(conn, last_id)
             except BackendUnavailable:

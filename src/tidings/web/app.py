@@ -38,12 +38,14 @@ def create_app(hub: Hub) -> FastAPI:
     app.state.tidings_hub = hub
 
     async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
+        if not isinstance(exc, HTTPException):  # registered for HTTPException only
+            raise exc
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail), exc.headers)
 
     async def invalid_request(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestValidationError)
+        if not isinstance(exc, RequestValidationError):  # registered for this type only
+            raise exc
         return error_response(422, "invalid_request", validation_message(exc))
 
     app.add_exception_handler(HTTPException, http_error)

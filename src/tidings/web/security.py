@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 
 from starlette.requests import HTTPConnection
 
-from tidings.auth.jwt import JWTVerifier
 from tidings.auth.principal import ANONYMOUS, Principal
 from tidings.errors import NotAuthorized
 
@@ -55,22 +54,13 @@ async def resolve_principal(hub: Hub, conn: HTTPConnection) -> Principal:
         if not isinstance(result, Principal):
             raise TypeError("authenticate() must return a tidings Principal or None")
         return result
-    verifier = _verifier(hub)
+    verifier = hub.jwt_verifier
     if verifier is None:
         return ANONYMOUS
     token = token_of(conn, allow_query=hub.settings.allow_query_token)
     if token is None:
         raise NotAuthorized("authentication required", code="unauthenticated", status=401)
     return verifier.verify(token)
-
-
-def _verifier(hub: Hub) -> JWTVerifier | None:
-    cached: JWTVerifier | None = getattr(hub, "_jwt_verifier", None)
-    if cached is not None or not hub.settings.auth_enabled:
-        return cached
-    verifier = JWTVerifier.from_settings(hub.settings)
-    hub._jwt_verifier = verifier  # type: ignore[attr-defined]  # lazily built cache
-    return verifier
 
 
 def client_ip(conn: HTTPConnection) -> str:
