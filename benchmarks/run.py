@@ -617,29 +617,28 @@ def two_node_run(run: Run, node1: Server, node2: Server) -> dict[str, Any]:
     }
 
 
-def profile_tidings(run: Run) -> None:
-    """Scenario A against tidings again, under py-spy (kept out of the measured runs)."""
+def profile_tidings(run: Run, scenario: str) -> None:
+    """Scenario A or B against tidings again, under py-spy (kept out of the measured runs)."""
     p = run.plan
-    out = BUILD / "profile-tidings-A.txt"
+    out = BUILD / f"profile-tidings-{scenario}.txt"
+    if scenario == "B":
+        shape: dict[str, Any] = dict(
+            subs=p.b_subs, mode="rate", seconds=p.b_seconds, rate=p.b_rate, drain_ms=p.b_drain_ms
+        )
+    else:
+        shape = dict(subs=p.a_subs, mode="max", seconds=p.a_seconds, lead=p.a_lead)
 
     def go() -> None:
         with run_server(SERVERS["tidings"]) as server:
             result = measure_fanout(
-                run,
-                server,
-                scenario="A-profile",
-                subs=p.a_subs,
-                mode="max",
-                seconds=p.a_seconds,
-                lead=p.a_lead,
-                profile_out=out,
+                run, server, scenario=f"{scenario}-profile", profile_out=out, **shape
             )
         if result is not None:
             result["profile"] = str(out.relative_to(ROOT))
             result["profile_summary"] = profile_summary.summarize(profile_summary.load(out), 30)
             run.record(result)
 
-    run.attempt("A-profile", "tidings", p.a_seconds + 30, go)
+    run.attempt(f"{scenario}-profile", "tidings", float(shape["seconds"]) + 40, go)
 
 
 # -- setup ------------------------------------------------------------------------------------
@@ -743,7 +742,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small and short (about 2 min)")
     parser.add_argument("--scenarios", default=ALL_SCENARIOS, help="e.g. A,B (default: all)")
     parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated")
-    parser.add_argument("--profile", action="store_true", help="py-spy tidings under A")
+    parser.add_argument(
+        "--profile",
+        nargs="?",
+        const="A",
+        choices=["A", "B"],
+        help="also run tidings under py-spy in scenario A (default) or B",
+    )
     parser.add_argument("--no-install", action="store_true", help="never apt-get install")
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument(
@@ -779,7 +784,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--set: no plan field {name!r}")
         current = getattr(plan, name)
         plan = replace(plan, **{name: type(current)(value)})
-    run = Run(plan, servers, profile=args.profile)
+    run = Run(plan, servers, profile=args.profile is not None)
     for n in notes:
         run.note(n)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -800,7 +805,7 @@ def main(argv: list[str] | None = None) -> int:
         if "F" in scenarios and "tidings" in names:
             scenario_f(run)
         if args.profile and "tidings" in names:
-            profile_tidings(run)
+            profile_tidings(run, args.profile)
     except KeyboardInterrupt:
         run.note("interrupted")
 

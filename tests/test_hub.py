@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator
 
 import orjson
@@ -11,7 +13,7 @@ from tidings.auth.principal import Principal
 from tidings.connection import Connection
 from tidings.errors import InvalidTopic, NotAuthorized, ShuttingDown
 from tidings.events import make_draft
-from tidings.hub import Hub
+from tidings.hub import FLUSH_BATCH, Hub
 from tidings.wire import EventParser, ServerSentEvent
 
 
@@ -157,3 +159,124 @@ async def test_publish_on_reserved_topic_is_refused(hub: Hub) -> None:
     with pytest.raises(NotAuthorized) as info:
         await hub.publish("tasks/abc", 1)
     assert info.value.code == "reserved_topic"
+
+
+class RecordingTransport:
+    """A server transport in direct mode, as far as the hub uses one: keeps every write."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closing = False
+        self.buffered = 0
+
+    def write(self, data: bytes) -> None:
+        assert not self.closing, "write to a closing transport"
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def abort(self) -> None:
+        self.closing = True
+
+
+def chunk_events(data: bytes) -> list[ServerSentEvent]:
+    """The SSE events in one or more HTTP/1.1 chunks written by a direct-mode stream."""
+    parser = EventParser()
+    events: list[ServerSentEvent] = []
+    while data:
+        size_line, _, rest = data.partition(b"\r\n")
+        size = int(size_line, 16)
+        events += parser.feed(rest[:size])
+        data = rest[size + 2 :]
+    return events
+
+
+async def open_direct(hub: Hub, topics: list[str]) -> tuple[Connection, RecordingTransport]:
+    conn = await hub.open_stream(topics)
+    transport = RecordingTransport()
+    conn.attach(transport, lambda: None)
+    return conn, transport
+
+
+async def settle(hub: Hub) -> None:
+    """Let the hub's flush passes run to the end."""
+    for _ in range(100):
+        await asyncio.sleep(0)
+        if not hub._dirty:
+            return
+    raise AssertionError("the flush never finished")
+
+
+async def test_direct_streams_get_one_write_per_tick(hub: Hub) -> None:
+    conn, transport = await open_direct(hub, ["t"])
+    await settle(hub)
+    transport.writes.clear()
+    ids = [await hub.publish("t", i) for i in range(3)]
+    await settle(hub)
+    assert len(transport.writes) == 1
+    assert [e.id for e in chunk_events(transport.writes[0])] == ids
+    assert conn.last_id == ids[-1]
+    assert hub.statistics().delivered == 3
+
+
+async def test_a_long_flush_pass_takes_later_events_along() -> None:
+    # A pass over more connections than one batch yields to the loop between batches; an
+    # event published meanwhile leaves with the first one on connections not written yet.
+    hub = Hub(store="memory", keepalive=60, shutdown_grace=0, max_connections_per_ip=0)
+    await hub.start()
+    try:
+        streams = [await open_direct(hub, ["t"]) for _ in range(FLUSH_BATCH + 100)]
+        await settle(hub)
+        for _, transport in streams:
+            transport.writes.clear()
+        first = await hub.publish("t", 1)
+        await asyncio.sleep(0)  # one batch is written
+        second = await hub.publish("t", 2)
+        await settle(hub)
+        writes = Counter(len(transport.writes) for _, transport in streams)
+        assert writes == {2: FLUSH_BATCH, 1: 100}
+        for _, transport in streams:
+            events = chunk_events(b"".join(transport.writes))
+            assert [e.id for e in events] == [first, second]
+        assert hub.statistics().delivered == 2 * len(streams)
+    finally:
+        await hub.aclose()
+
+
+async def test_direct_stream_of_a_gone_client_ends_without_writing(hub: Hub) -> None:
+    conn, transport = await open_direct(hub, ["t"])
+    ended: list[bool] = []
+    conn.attach(transport, lambda: ended.append(True))
+    await settle(hub)
+    transport.closing = True
+    await hub.publish("t", 1)
+    await settle(hub)
+    assert ended == [True]
+    assert conn.close_reason == "client"
+    # Later events are not queued on it any more.
+    queued = conn.queued
+    await hub.publish("t", 2)
+    assert conn.queued == queued
+    assert transport.writes[1:] == []
+
+
+async def test_direct_stream_over_its_bound_is_cut(hub: Hub) -> None:
+    # A client whose transport holds too much keeps its events queued; past the bound
+    # (queue_size=5) the stream is cut and counted, the others are untouched.
+    slow, slow_transport = await open_direct(hub, ["t"])
+    fast, fast_transport = await open_direct(hub, ["t"])
+    slow.aborter = slow_transport.abort
+    await settle(hub)
+    slow_transport.buffered = 10**6
+    for i in range(6):
+        await hub.publish("t", i)
+        await settle(hub)
+    assert slow.close_reason == "slow"
+    assert slow_transport.closing
+    assert fast.close_reason is None
+    assert len(chunk_events(b"".join(fast_transport.writes[1:]))) == 6
+    assert hub.statistics().slow_disconnects == 1

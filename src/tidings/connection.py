@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
 from tidings.auth.principal import Principal
@@ -43,7 +43,7 @@ from tidings.events import Event
 if TYPE_CHECKING:
     from tidings.hub import Hub
 
-__all__ = ["HIGH_WATER", "CloseReason", "Connection"]
+__all__ = ["HIGH_WATER", "CloseReason", "Connection", "fan_out"]
 
 #: Why a stream ends. ``slow`` and ``client`` end it at once; the others flush first.
 CloseReason = Literal["end", "shutdown", "max_age", "auth_expired", "slow", "client", "gone"]
@@ -67,6 +67,7 @@ class Connection:
         "_dirty",
         "_hub",
         "_on_end",
+        "_plain",
         "_queue",
         "_transport",
         "_waiter",
@@ -114,6 +115,9 @@ class Connection:
         self._count = 0
         self._bytes = 0
         self._dirty = False
+        #: Direct mode, released, open, and not ending on an event type: what
+        #: :func:`fan_out` delivers to without calling :meth:`push`.
+        self._plain = False
         self._transport: Any = None
         self._waiter: asyncio.Future[None] | None = None
         self._on_end: Callable[[], None] | None = None
@@ -159,6 +163,7 @@ class Connection:
             return
         if event.type in self.end_types:
             self.close_reason = "end"
+            self._plain = False
         if self._transport is not None:
             # _wake's direct-write branch, inlined: this runs once per delivery.
             if not self._dirty and not self.holding:
@@ -195,6 +200,7 @@ class Connection:
                 self.last_id = event.id
                 if event.type in self.end_types:
                     self.close_reason = "end"
+                    self._plain = False
         # What was queued before the first event (the opening bytes) stays in front.
         queued = self._queue
         first = 0
@@ -214,6 +220,7 @@ class Connection:
     def release(self) -> None:
         """End the hold: what is queued may be sent."""
         self.holding = False
+        self._update_plain()
         self._wake()
 
     def close(self, reason: CloseReason) -> None:
@@ -221,6 +228,7 @@ class Connection:
         if self.close_reason is None or reason in ("slow", "client"):
             self.close_reason = reason
         self.holding = False
+        self._plain = False
         if reason in ("slow", "client"):
             self._end()
         self._wake(force=True)
@@ -233,6 +241,7 @@ class Connection:
         self._conflate.clear()
         self._count = self._bytes = 0
         self.close_reason = "slow"
+        self._plain = False
         self._end()
         self._wake(force=True)
         if self.aborter is not None:
@@ -266,6 +275,7 @@ class Connection:
         self._queue = [_chunk(frame) for frame in self._queue if frame]
         self._conflate.clear()
         self._bytes = sum(len(frame) for frame in self._queue)
+        self._update_plain()
         if self.close_reason in ("slow", "client"):
             self._end()
         elif self._queue or self.close_reason is not None:
@@ -274,6 +284,15 @@ class Connection:
     def detach(self) -> None:
         """Stop writing to the transport (the web layer sends the end of the body)."""
         self._transport = None
+        self._plain = False
+
+    def _update_plain(self) -> None:
+        self._plain = (
+            self._transport is not None
+            and not self.holding
+            and self.close_reason is None
+            and not self.end_types
+        )
 
     def flush(self, now: float) -> int:
         """Write everything queued to the transport as one chunk (the hub's flush).
@@ -285,8 +304,7 @@ class Connection:
         if transport is None or self.holding:
             return 0
         if transport.is_closing():
-            self.close_reason = self.close_reason or "client"
-            self._end()
+            self._lost()
             return 0
         written = 0
         queue = self._queue
@@ -298,7 +316,7 @@ class Connection:
                 return 0
             data = b"".join(queue) if len(queue) > 1 else queue[0]
             written = self._count
-            self._queue = []
+            queue.clear()
             if self._conflate:
                 self._conflate.clear()
             self._count = self._bytes = 0
@@ -308,6 +326,12 @@ class Connection:
         if self.close_reason is not None:
             self._end()
         return written
+
+    def _lost(self) -> None:
+        """The transport is closing: the client is gone or was cut."""
+        self.close_reason = self.close_reason or "client"
+        self._plain = False
+        self._end()
 
     @property
     def backlogged(self) -> bool:
@@ -363,6 +387,44 @@ class Connection:
                 await waiter
             finally:
                 self._waiter = None
+
+
+def fan_out(event: Event, conns: Iterable[Connection], dirty: list[Connection]) -> bool:
+    """Queue ``event`` on every connection of ``conns``; the hub's dispatch loop.
+
+    Connections that write to their transport directly and need no per-event decision
+    (the common case: a plain subscriber, an event for everyone) get the event's shared
+    chunk appended here, without a call to :meth:`Connection.push`; those that become
+    ready to write are appended to ``dirty``. Everything else goes through ``push``.
+    Returns whether ``dirty`` grew, so the hub knows to schedule a flush.
+
+    This is the inner loop of every publish (once per matching connection), which is why
+    it repeats a few lines of ``push`` instead of calling it.
+    """
+    if event.users is not None or event.conflatable:
+        for conn in conns:
+            conn.push(event)
+        return False
+    chunk = event.chunk
+    size = len(chunk)
+    seq = event.seq
+    ident = event.id
+    grew = False
+    for conn in conns:
+        if conn._plain and seq > conn.min_seq:
+            conn._queue.append(chunk)
+            conn.last_id = ident
+            conn._count += 1
+            conn._bytes += size
+            if conn._count > conn.max_events or conn._bytes > conn.max_bytes:
+                conn._overflow()
+            elif not conn._dirty:
+                conn._dirty = True
+                dirty.append(conn)
+                grew = True
+        else:
+            conn.push(event)
+    return grew
 
 
 def _chunk(frame: bytes) -> bytes:

@@ -31,7 +31,7 @@ from tidings.auth.jwt import JWTVerifier
 from tidings.auth.principal import ANONYMOUS, Principal
 from tidings.backends.base import Appended, Backend, Replay
 from tidings.config import Settings, load_settings
-from tidings.connection import Connection
+from tidings.connection import Connection, fan_out
 from tidings.errors import BackendUnavailable, InvalidTopic, NotAuthorized, ShuttingDown
 from tidings.events import MAX_ID_BYTES, Draft, Event, EventId, make_draft
 from tidings.limits import Limits
@@ -51,6 +51,8 @@ logger = logging.getLogger("tidings.hub")
 
 #: At most this many topics in one subscription (SPEC §3).
 MAX_TOPICS = 32
+#: Connections written per loop iteration by a flush pass (see ``Hub._flush``).
+FLUSH_BATCH = 500
 #: Seconds between retries of connections whose transport is full (direct writes).
 BACKLOG_RETRY = 0.05
 #: Topic prefix whose events only the task service writes.
@@ -151,7 +153,9 @@ class Hub:
         self._live: set[Connection] = set()
         #: Streams whose resume waits for the backend, with the id they resume after.
         self._pending_replay: dict[Connection, str] = {}
+        #: Connections to write, in order; ``_flush`` is at ``_flush_from``.
         self._dirty: list[Connection] = []
+        self._flush_from = 0
         self._flush_handle: asyncio.Handle | None = None
         self._backlogged: set[Connection] = set()
         self._backlog_handle: asyncio.TimerHandle | None = None
@@ -349,9 +353,10 @@ class Hub:
         self._stats.published += 1
 
     def _dispatch(self, event: Event) -> None:
-        """Push ``event`` to every matching connection (called by the backend)."""
-        for conn in self._index.match(event.topic):
-            conn.push(event)
+        """Queue ``event`` on every matching connection (called by the backend)."""
+        grew = fan_out(event, self._index.match(event.topic), self._dirty)
+        if grew and self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
 
     # -- direct writes -------------------------------------------------------------------
 
@@ -362,14 +367,29 @@ class Hub:
             self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
 
     def _flush(self) -> None:
+        """Write the dirty connections, at most :data:`FLUSH_BATCH` per loop iteration.
+
+        Between batches the loop reads sockets, so publishes that arrive during a long
+        pass (10,000 subscribers take tens of milliseconds) are queued on the connections
+        not written yet and leave with the earlier events in one ``write``: a hub that
+        falls behind coalesces more and catches up, instead of queueing whole passes.
+        Connections marked dirty meanwhile are appended and written in their turn.
+        """
         self._flush_handle = None
         dirty = self._dirty
-        self._dirty = []
+        start = self._flush_from
+        stop = start + FLUSH_BATCH
         now = time.monotonic()
         written = 0
-        for conn in dirty:
+        for conn in dirty[start:stop]:
             written += conn.flush(now)
         self._stats.delivered += written
+        if stop < len(dirty):
+            self._flush_from = stop
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+        else:
+            self._dirty = []
+            self._flush_from = 0
 
     def _backlog(self, conn: Connection) -> None:
         """Retry ``conn`` later: its transport holds too many unsent bytes."""
