@@ -184,6 +184,7 @@ SERVERS: dict[str, ServerSpec] = {
     spec.name: spec
     for spec in (
         ServerSpec("tidings", "tidings"),
+        ServerSpec("tidings-granian", "tidings on granian (ASGI)", needs=("granian",)),
         ServerSpec("bare-uvloop", "bare uvloop (bound)", module="bare_uvloop"),
         ServerSpec(
             "sse-starlette", "sse-starlette", module="sse_starlette_app", needs=("sse_starlette",)
@@ -299,8 +300,25 @@ def run_server(
     BUILD.mkdir(parents=True, exist_ok=True)
     log = BUILD / f"{spec.name}-{port}.log"
     tmpdir: Path | None = None
+    env: dict[str, str] | None = None
     if spec.name == "tidings":
         argv = [PYTHON, "-m", "tidings", "serve", "--port", str(port), *tidings_flags()]
+    elif spec.name == "tidings-granian":
+        # The same hub and settings as `tidings serve`, as a plain ASGI app under granian
+        # (one worker, uvloop): every stream goes through ASGI `send`.
+        flags = tidings_flags()
+        env = {**os.environ}
+        env.update(
+            {
+                f"TIDINGS_{k[2:].replace('-', '_').upper()}": v
+                for k, v in zip(flags[::2], flags[1::2], strict=True)
+            }
+        )
+        granian = str(Path(PYTHON).parent / "granian")
+        argv = [granian, "--interface", "asgi", "--factory", "--loop", "uvloop"]
+        argv += ["--workers", "1", "--runtime-mode", "st", "--no-ws", "--log-level", "warning"]
+        argv += ["--host", "127.0.0.1", "--port", str(port), "--backlog", "4096"]
+        argv += ["--backpressure", "20000", "tidings.server:create_app_from_env"]
     elif spec.name == "nchan":
         tmpdir = Path(tempfile.mkdtemp(prefix="nchan-", dir=BUILD))
         (tmpdir / "tmp").mkdir()
@@ -311,11 +329,13 @@ def run_server(
         argv = [PYTHON, str(BENCH / "servers" / f"{spec.module}.py"), "--port", str(port)]
     argv += extra or []
     with open(log, "wb") as out:
-        proc = spawn(pinned(SERVER_CORE, argv), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = spawn(
+            pinned(SERVER_CORE, argv), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env
+        )
     server = Server(spec, port, proc, log, tmpdir, [proc.pid])
     try:
         wait_port(port, proc, 30.0)
-        if spec.name == "nchan":
+        if spec.name in ("nchan", "tidings-granian"):
             server.pids = [proc.pid, *children(proc.pid)]
         yield server
     finally:

@@ -8,9 +8,18 @@ from typing import Any
 
 Result = dict[str, Any]
 
-ORDER = ["tidings", "bare-uvloop", "nchan", "sse-starlette", "aiohttp-sse", "fastapi-sse"]
+ORDER = [
+    "tidings",
+    "tidings-granian",
+    "bare-uvloop",
+    "nchan",
+    "sse-starlette",
+    "aiohttp-sse",
+    "fastapi-sse",
+]
 COLORS = {
     "tidings": "#d1495b",
+    "tidings-granian": "#e8838f",
     "bare-uvloop": "#30638e",
     "nchan": "#00798c",
     "sse-starlette": "#edae49",

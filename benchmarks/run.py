@@ -684,7 +684,15 @@ def machine() -> dict[str, Any]:
     with contextlib.suppress(OSError):
         mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
     versions: dict[str, str] = {}
-    for dist in ("tidings", "uvicorn", "uvloop", "starlette", "fastapi", "sse-starlette"):
+    for dist in (
+        "tidings",
+        "uvicorn",
+        "uvloop",
+        "starlette",
+        "fastapi",
+        "sse-starlette",
+        "granian",
+    ):
         with contextlib.suppress(Exception):
             from importlib.metadata import version
 

@@ -13,12 +13,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tidings import __version__
 from tidings.web.errors import error_response, validation_message
-from tidings.web.routes import events_response
+from tidings.web.routes import events_response, publish_response
+from tidings.web.task_routes import progress_response
 
 if TYPE_CHECKING:
     from tidings.hub import Hub
 
-__all__ = ["StreamFastPath", "create_app"]
+__all__ = ["FastPaths", "create_app"]
 
 CORS_HEADERS = ["Authorization", "Content-Type", "Last-Event-ID"]
 
@@ -50,7 +51,7 @@ def create_app(hub: Hub) -> FastAPI:
 
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid_request)
-    app.add_middleware(StreamFastPath, hub=hub)
+    app.add_middleware(FastPaths, hub=hub)
 
     origins = hub.settings.cors_origin
     if origins:
@@ -68,12 +69,15 @@ def create_app(hub: Hub) -> FastAPI:
     return app
 
 
-class StreamFastPath:
-    """Answers ``GET /events`` before FastAPI's routing, with the same code as the route.
+class FastPaths:
+    """Answers the hot endpoints before FastAPI's routing, with the same code as the routes.
 
-    A stream lives for hours; everything on its call stack lives as long. Skipping the
-    router, the dependency solver and the exception middlewares makes a stream cheaper to
-    open and smaller to keep (docs/performance.md). Errors are rendered in the same shape.
+    ``GET /events``: a stream lives for hours, and everything on its call stack lives as
+    long. ``POST /publish`` and ``POST /tasks/{id}/progress``: called for every event and
+    every progress report, where the router, the dependency solver and the exception
+    middlewares cost several times the work itself (docs/performance.md). The answers,
+    errors included, are the routes' own (``events_response``, ``publish_response``,
+    ``progress_response``); CORS still wraps them.
     """
 
     def __init__(self, app: ASGIApp, hub: Hub) -> None:
@@ -81,8 +85,32 @@ class StreamFastPath:
         self.hub = hub
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == "/events" and scope["method"] == "GET":
-            response = await events_response(self.hub, Request(scope, receive))
-            await response(scope, receive, send)
-            return
+        if scope["type"] == "http":
+            response = await self._answer(scope, receive)
+            if response is not None:
+                await response(scope, receive, send)
+                return
         await self.app(scope, receive, send)
+
+    async def _answer(self, scope: Scope, receive: Receive) -> Response | None:
+        method, path = scope["method"], scope["path"]
+        if method == "GET" and path == "/events":
+            return await events_response(self.hub, Request(scope, receive))
+        if method != "POST":
+            return None
+        if path == "/publish":
+            return await publish_response(self.hub, Request(scope, receive))
+        task_id = _progress_task_id(path)
+        if task_id is not None:
+            return await progress_response(self.hub, Request(scope, receive), task_id)
+        return None
+
+
+def _progress_task_id(path: str) -> str | None:
+    """The task id of ``/tasks/{id}/progress`` (one path segment, as the route matches)."""
+    if not (path.startswith("/tasks/") and path.endswith("/progress")):
+        return None
+    task_id = path[len("/tasks/") : -len("/progress")]
+    if not task_id or "/" in task_id:
+        return None
+    return task_id

@@ -20,7 +20,13 @@ from tidings.web.streaming import EventStreamResponse
 if TYPE_CHECKING:
     from tidings.hub import Hub
 
-__all__ = ["PublishRequest", "build_router", "events_response", "read_json_object"]
+__all__ = [
+    "PublishRequest",
+    "build_router",
+    "events_response",
+    "publish_response",
+    "read_json_object",
+]
 
 
 class PublishRequest(BaseModel):
@@ -127,6 +133,35 @@ async def events_response(hub: Hub, request: Request) -> Response:
     return EventStreamResponse(hub, conn)
 
 
+async def publish_response(hub: Hub, request: Request) -> Response:
+    """``POST /publish``: ``202`` with the event's id, or the error."""
+    try:
+        principal = await resolve_principal(hub, request)
+        hub.limits.check_publish(principal_key(principal, request))
+        raw = await read_json_object(request, hub.settings.max_body_bytes)
+        try:
+            body = PublishRequest.model_validate(raw)
+        except ValidationError as exc:
+            raise InvalidEvent(validation_message(exc), code="invalid_request") from None
+        if not body.topic.startswith("tasks/") and not principal.may_publish(body.topic):
+            raise NotAuthorized(f"not allowed to publish on {body.topic!r}")
+        try:
+            event_id = await hub.publish(
+                body.topic,
+                body.data,
+                type=body.type,
+                priority=body.priority,
+                users=body.users,
+                retry=body.retry,
+                idempotency_key=body.idempotency_key,
+            )
+        except InvalidTopic as exc:
+            raise InvalidEvent(exc.message, code="invalid_topic") from None
+    except Exception as exc:
+        return render(exc)
+    return Response(orjson.dumps({"id": event_id}), status_code=202, media_type="application/json")
+
+
 def build_router(hub: Hub) -> APIRouter:
     """Every tidings endpoint, bound to ``hub``."""
     router = APIRouter(route_class=TidingsRoute, responses=ERRORS)
@@ -163,30 +198,8 @@ def build_router(hub: Hub) -> APIRouter:
         },
     )
     async def publish(request: Request) -> Response:
-        principal = await resolve_principal(hub, request)
-        hub.limits.check_publish(principal_key(principal, request))
-        raw = await read_json_object(request, hub.settings.max_body_bytes)
-        try:
-            body = PublishRequest.model_validate(raw)
-        except ValidationError as exc:
-            raise InvalidEvent(validation_message(exc), code="invalid_request") from None
-        if not body.topic.startswith("tasks/") and not principal.may_publish(body.topic):
-            raise NotAuthorized(f"not allowed to publish on {body.topic!r}")
-        try:
-            event_id = await hub.publish(
-                body.topic,
-                body.data,
-                type=body.type,
-                priority=body.priority,
-                users=body.users,
-                retry=body.retry,
-                idempotency_key=body.idempotency_key,
-            )
-        except InvalidTopic as exc:
-            raise InvalidEvent(exc.message, code="invalid_topic") from None
-        return Response(
-            orjson.dumps({"id": event_id}), status_code=202, media_type="application/json"
-        )
+        # The work is shared with the standalone app's fast path (tidings.web.app).
+        return await publish_response(hub, request)
 
     @router.get("/stats", summary="Connection and event counters")
     async def stats(request: Request) -> dict[str, Any]:

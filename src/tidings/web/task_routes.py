@@ -39,6 +39,7 @@ __all__ = [
     "FileUpdateRequest",
     "ProgressRequest",
     "build_task_router",
+    "progress_response",
     "task_stream_response",
 ]
 
@@ -200,17 +201,8 @@ def build_task_router(hub: Hub) -> APIRouter:
         openapi_extra=_body_doc(ProgressRequest, required=False),
     )
     async def progress(request: Request, task_id: str) -> Response:
-        principal = await _publisher(request)
-        body = await _parse(request, ProgressRequest, limit)
-        task = await tasks.progress(
-            task_id,
-            current=body.current,
-            total=body.total,
-            progress=body.progress,
-            message=body.message,
-            principal=principal,
-        )
-        return _task_response(task)
+        # The work is shared with the standalone app's fast path (tidings.web.app).
+        return await progress_response(hub, request, task_id)
 
     @router.put(
         "/tasks/{task_id}/files/{file_id:path}",
@@ -297,6 +289,26 @@ def build_task_router(hub: Hub) -> APIRouter:
         return await task_stream_response(hub, request, task_id)
 
     return router
+
+
+async def progress_response(hub: Hub, request: Request, task_id: str) -> Response:
+    """``POST /tasks/{task_id}/progress``: the updated task JSON, or the error."""
+    try:
+        principal = await resolve_principal(hub, request)
+        # Every change publishes an event: it counts against the publish rate (SPEC §5).
+        hub.limits.check_publish(principal_key(principal, request))
+        body = await _parse(request, ProgressRequest, hub.settings.max_body_bytes)
+        task = await hub.tasks.progress(
+            task_id,
+            current=body.current,
+            total=body.total,
+            progress=body.progress,
+            message=body.message,
+            principal=principal,
+        )
+    except Exception as exc:
+        return render(exc)
+    return _task_response(task)
 
 
 async def task_stream_response(hub: Hub, request: Request, task_id: str) -> Response:
