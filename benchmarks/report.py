@@ -113,6 +113,15 @@ def markdown(data: dict[str, Any]) -> str:
         f"{data['machine']['load_core']}; {data['machine']['cpu']}.",
         "Ratios: the row's value divided by the reference's (bare uvloop, sse-starlette).",
     ]
+    floor = data["machine"].get("send_us_by_sockets") or {}
+    if floor:
+        costs = ", ".join(f"{us} µs with {int(n):,} sockets" for n, us in floor.items())
+        out += [
+            "",
+            f"One `send` of an event costs this machine's kernel {costs} "
+            "(`benchmarks/write_floor.py` on the server core): the floor under CPU per "
+            "delivery wherever events are not coalesced.",
+        ]
 
     def deliveries(r: Result) -> float | None:
         value = r.get("deliveries_per_second")

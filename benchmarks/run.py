@@ -723,6 +723,21 @@ def machine() -> dict[str, Any]:
     }
 
 
+def write_floor() -> dict[str, float]:
+    """The kernel's cost of one event's ``send`` on the server core (benchmarks/write_floor.py)."""
+    argv = pinned(SERVER_CORE, [PYTHON, "-m", "benchmarks.write_floor"])
+    proc = spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT)
+    try:
+        out, _ = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        stop_process(proc, grace=1)
+        return {}
+    with contextlib.suppress(ValueError):
+        found: dict[str, float] = json.loads(out)
+        return found
+    return {}
+
+
 def _head_commit() -> str:
     """The checked-out commit, read from .git (the tree may hold uncommitted changes)."""
     git = ROOT / ".git"
@@ -799,6 +814,9 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
     print(f"tidings benchmarks ({'quick' if args.quick else 'full'}): {command}", flush=True)
 
+    floor = write_floor()
+    if floor:
+        print(f"kernel cost of one send (µs, by sockets open): {floor}", flush=True)
     try:
         if "A" in scenarios:
             scenario_a(run)
@@ -824,7 +842,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "plan": asdict(plan),
         "elapsed_seconds": round(elapsed, 1),
-        "machine": machine(),
+        "machine": {**machine(), "send_us_by_sockets": floor},
         "results": run.results,
         "notes": run.notes,
     }

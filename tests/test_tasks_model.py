@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -21,6 +22,7 @@ from tidings.tasks.model import (
     apply_file,
     apply_progress,
     deleted_event,
+    evolve,
     file_event,
     new_task,
     progress_event,
@@ -433,3 +435,17 @@ def test_any_sequence_of_reports_keeps_the_invariants(steps: list[dict[str, Any]
         if after.rate is not None:
             assert after.rate >= 0
         task = after
+
+
+def test_evolve_is_dataclasses_replace() -> None:
+    task = running(current=3)
+    cases: list[dict[str, Any]] = [
+        {},
+        {"last_event_id": "ab12cd34-7"},
+        {"status": "failed", "error": "e"},
+    ]
+    for changes in cases:
+        assert evolve(task, **changes) == dataclasses.replace(task, **changes)
+    assert evolve(task).task_id == "t1"
+    with pytest.raises(TypeError, match="no field 'colour'"):
+        evolve(task, colour="red")

@@ -29,7 +29,7 @@ import math
 import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from typing import Any, Final, Literal, NamedTuple, TypeAlias
 
 from tidings.errors import InvalidEvent, TaskFinished
@@ -55,6 +55,7 @@ __all__ = [
     "apply_file",
     "apply_progress",
     "deleted_event",
+    "evolve",
     "file_event",
     "new_task",
     "new_task_id",
@@ -319,6 +320,22 @@ class Task:
         )
 
 
+_TASK_FIELDS = tuple(f.name for f in fields(Task))
+_TASK_FIELD_SET = frozenset(_TASK_FIELDS)
+_set = object.__setattr__
+
+
+def evolve(task: Task, **changes: Any) -> Task:
+    """``dataclasses.replace`` for a :class:`Task`, at half the cost: a transition runs
+    on every progress report. ``Task`` has no ``__post_init__``, so nothing is skipped."""
+    if not changes.keys() <= _TASK_FIELD_SET:
+        raise TypeError(f"Task has no field {sorted(changes.keys() - _TASK_FIELD_SET)[0]!r}")
+    new = object.__new__(Task)
+    for name in _TASK_FIELDS:
+        _set(new, name, changes[name] if name in changes else getattr(task, name))
+    return new
+
+
 class TaskEvent(NamedTuple):
     """An event a task publishes: its SSE ``type`` and its ``data`` (a JSON object)."""
 
@@ -405,7 +422,7 @@ def apply_progress(
     percent = round(percent, 2)
     started = task.started_at if task.started_at is not None else now
     rate_state, rate, eta = _sample(task, new_current, new_total, percent, now)
-    return replace(
+    return evolve(
         task,
         status="running",
         progress=percent,
@@ -467,7 +484,7 @@ def apply_file(
         progress=round(percent, 2),
         message=message if message is not None else (old.message if old else None),
     )
-    return replace(
+    return evolve(
         task,
         status="running",
         files={**task.files, file_id: state},
@@ -523,11 +540,11 @@ def record_event_id(task: Task, event_id: str) -> Task:
     new = EventId.parse(event_id)
     if old is not None and new is not None and old.epoch == new.epoch and old.seq >= new.seq:
         return task
-    return replace(task, last_event_id=event_id)
+    return evolve(task, last_event_id=event_id)
 
 
 def _finish(task: Task, status: TaskStatus, now: float, **changes: Any) -> Task:
-    return replace(
+    return evolve(
         task,
         status=status,
         finished_at=now,

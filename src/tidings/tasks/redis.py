@@ -56,7 +56,7 @@ import builtins
 import contextlib
 import logging
 from collections.abc import Callable, Generator, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, TypeVar
 
 import orjson
@@ -82,7 +82,7 @@ from tidings.errors import (
     TaskNotFound,
 )
 from tidings.events import Draft, EventId
-from tidings.tasks.model import Task
+from tidings.tasks.model import Task, evolve
 from tidings.tasks.store import Mutation
 
 if TYPE_CHECKING:
@@ -491,7 +491,7 @@ class TaskPlans:
         if not ident:
             return task
         self._saw(ident)
-        return replace(task, last_event_id=ident)
+        return evolve(task, last_event_id=ident)
 
     def _saw(self, ident: str) -> None:
         parsed = EventId.parse(ident)

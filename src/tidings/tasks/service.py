@@ -662,11 +662,14 @@ class TaskService:
         _check_lookup_id(task_id)
         store, publishing = self.store, self._publishing
 
+        drafted: list[tuple[Task, Draft]] = []
+
         def mutate(task: Task) -> Task:
             if not may_change(principal, task):
                 raise TaskNotFound(f"no task {task_id}")
             new = transition(task)
-            self._draft(new, event(new))  # too large or not JSON: refuse before writing
+            # Too large or not JSON: refused before anything is written.
+            drafted.append((new, self._draft(new, event(new))))
             return new
 
         async def apply() -> Task:
@@ -680,7 +683,10 @@ class TaskService:
                     self._hub.note_published()
                     return updated
                 task = await store.update(task_id, mutate)
-                return await self._publish(task, event(task))
+                last, draft = drafted[-1] if drafted else (None, None)
+                if last is not task or draft is None:
+                    draft = self._draft(task, event(task))
+                return await self._publish(task, draft)
 
         return await self._shielded(apply())
 
@@ -698,16 +704,18 @@ class TaskService:
             # refused change, e.g. TaskFinished, needs no report; the caller is gone).
             job.exception()
 
-    async def _publish(self, task: Task, item: TaskEvent) -> Task:
-        """Append ``item`` for ``task`` and record its id (called under the task's lock)."""
+    async def _publish(self, task: Task, item: TaskEvent | Draft) -> Task:
+        """Append ``item`` (or its draft) for ``task`` and record its id (called under the
+        task's lock)."""
+        draft = item if isinstance(item, Draft) else self._draft(task, item)
         try:
-            appended = await self._hub.append(self._draft(task, item))
+            appended = await self._hub.append(draft)
         except (BackendUnavailable, ShuttingDown) as exc:
             self._unpublished.add(task.task_id)
             logger.warning(
                 "task %s: %s not published (%s); will publish the task's state later",
                 task.task_id,
-                item.type,
+                draft.type,
                 exc.message,
             )
             return task
