@@ -89,6 +89,27 @@ async def test_streams_per_ip_are_capped_and_other_addresses_are_served(
         assert (await stream_status(crowded, topics("c"))).status_code == 200
 
 
+async def test_streams_per_ip_count_the_address_a_trusted_proxy_forwards(
+    server_factory: ServerFactory,
+) -> None:
+    # Loopback (127.0.0.1) is the trusted proxy by default: behind it, each forwarded
+    # address has its own cap. An untrusted peer's X-Forwarded-For is ignored.
+    server = server_factory("--max-connections-per-ip", "1")
+    alice = {"x-forwarded-for": "203.0.113.7"}
+    bob = {"x-forwarded-for": "203.0.113.8"}
+    async with (
+        client_at(server) as proxy,
+        client_at(server, OTHER_IP) as untrusted,
+        open_stream(proxy, topics("a"), alice),
+        open_stream(proxy, topics("a"), bob),
+    ):
+        refused = await stream_status(proxy, topics("b"), alice)
+        expect_error(refused, 429, "too_many_streams")
+        async with open_stream(untrusted, topics("a"), alice):
+            refused = await stream_status(untrusted, topics("b"), bob)
+            expect_error(refused, 429, "too_many_streams")
+
+
 async def test_a_refused_subscription_takes_no_slot(server_factory: ServerFactory) -> None:
     server = server_factory(
         "--jwt-secret", SECRET, "--max-connections-per-user", "1", "--max-connections-per-ip", "1"

@@ -60,6 +60,17 @@ def find_hub(app: Any) -> Hub | None:
     return None
 
 
+_hubs: dict[int, tuple[Any, Hub | None]] = {}
+
+
+def _hub_of(app: Any) -> Hub | None:
+    """:func:`find_hub`, once per app (a protocol is made for every connection)."""
+    found = _hubs.get(id(app))
+    if found is None or found[0] is not app:
+        found = _hubs[id(app)] = (app, find_hub(app))
+    return found[1]
+
+
 def cors_headers(origins: list[str], origin: bytes | None) -> list[tuple[bytes, bytes]]:
     """The CORS headers of a simple (non-preflight) response, as CORSMiddleware sends them."""
     if origin is None or not origins:
@@ -84,7 +95,7 @@ class StreamingProtocol(GuardedHttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._hub: Hub | None = find_hub(self.app)
+        self._hub: Hub | None = _hub_of(self.app)
         self._streaming = False
         self._stream: Connection | None = None
         self._opening: asyncio.Task[None] | None = None
@@ -273,17 +284,31 @@ def _stream_of(raw_path: bytes) -> tuple[str, str | None] | None:
     return path, task_id
 
 
+_FORWARDED = (b"x-forwarded-for", b"x-forwarded-proto")
+_proxy_middlewares: dict[str, ProxyHeadersMiddleware] = {}
+
+
 async def _forwarded(scope: dict[str, Any], trusted: Any) -> dict[str, Any]:
-    """``scope`` with the client address from trusted proxies' headers (as uvicorn does)."""
-    seen: dict[str, Any] = {}
+    """``scope`` with the client address from trusted proxies' headers (as uvicorn does).
 
-    async def capture(inner: Any, receive: Any, send: Any) -> None:
-        seen["scope"] = inner
-
+    A request without forwarded headers has nothing to take from them: most streams open
+    without any, and skip the middleware (which parses the trusted list and the client's
+    address).
+    """
+    if not any(name in _FORWARDED for name, _ in scope["headers"]):
+        return scope
+    key = repr(trusted)
+    middleware = _proxy_middlewares.get(key)
+    if middleware is None:
+        middleware = _proxy_middlewares[key] = ProxyHeadersMiddleware(_ignore, trusted)
+    # It rewrites ``scope`` in place before calling the app.
     with contextlib.suppress(Exception):
-        await ProxyHeadersMiddleware(capture, trusted_hosts=trusted)(scope, _never, _never)  # type: ignore[arg-type]
-    found: dict[str, Any] = seen.get("scope", scope)
-    return found
+        await middleware(scope, _never, _never)  # type: ignore[arg-type]
+    return scope
+
+
+async def _ignore(*args: Any) -> None:
+    """The middleware's app: the rewritten scope is all we want from it."""
 
 
 async def _never(*args: Any) -> Any:  # pragma: no cover - the middleware never calls it
