@@ -280,3 +280,34 @@ async def test_direct_stream_over_its_bound_is_cut(hub: Hub) -> None:
     assert fast.close_reason is None
     assert len(chunk_events(b"".join(fast_transport.writes[1:]))) == 6
     assert hub.statistics().slow_disconnects == 1
+
+
+async def test_a_response_head_leaves_with_the_opening_bytes(hub: Hub) -> None:
+    conn = await hub.open_stream(["t"])
+    transport = RecordingTransport()
+    conn.attach(transport, lambda: None, b"HTTP/1.1 200 OK\r\n\r\n")
+    await settle(hub)
+    assert len(transport.writes) == 1
+    head, _, body = transport.writes[0].partition(b"\r\n\r\n")
+    assert head == b"HTTP/1.1 200 OK"
+    assert chunk_events(body) == []  # the opening is a retry field and a comment
+    assert body.endswith(b"\n\n\r\n")
+
+
+async def test_a_held_stream_sends_its_head_at_once() -> None:
+    # While the backend is down a resume waits, holding the stream; the client must still
+    # see its response start.
+    hub = Hub(store="memory", keepalive=60, shutdown_grace=0)
+    await hub.start()
+    try:
+        conn = await hub.open_stream(["t"])
+        conn.holding = True
+        transport = RecordingTransport()
+        conn.attach(transport, lambda: None, b"HTTP/1.1 200 OK\r\n\r\n")
+        await settle(hub)
+        assert transport.writes == [b"HTTP/1.1 200 OK\r\n\r\n"]
+        conn.release()
+        await settle(hub)
+        assert len(transport.writes) == 2
+    finally:
+        await hub.aclose()

@@ -263,9 +263,12 @@ class Connection:
 
     # -- direct mode -------------------------------------------------------------------
 
-    def attach(self, transport: Any, on_end: Callable[[], None]) -> None:
-        """Write straight to ``transport`` from now on (the response headers are sent).
+    def attach(self, transport: Any, on_end: Callable[[], None], head: bytes = b"") -> None:
+        """Write straight to ``transport`` from now on.
 
+        ``head`` is written first, with what is queued: the response head, when the caller
+        has not sent it, so that it leaves with the stream's opening bytes in one write
+        (at once if the stream is held: the client must see its response start).
         ``on_end`` is called once when the stream is over: everything was written, or the
         client is gone or cut.
         """
@@ -273,6 +276,11 @@ class Connection:
         self._on_end = on_end
         # From now on the queue holds HTTP chunks (see Event.chunk).
         self._queue = [_chunk(frame) for frame in self._queue if frame]
+        if head and self.holding:
+            # Nothing may be sent before the replay (the backend is down): the head now.
+            transport.write(head)
+        elif head:
+            self._queue.insert(0, head)
         self._conflate.clear()
         self._bytes = sum(len(frame) for frame in self._queue)
         self._update_plain()

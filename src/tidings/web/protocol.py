@@ -190,7 +190,6 @@ class StreamingProtocol(GuardedHttpToolsProtocol):
         head += [n + b": " + v + b"\r\n" for n, v in response.raw_headers]
         head += [n + b": " + v + b"\r\n" for n, v in self._cors(scope)]
         head.append(b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n")
-        transport.write(b"".join(head))
         self._log_access(scope, 200)
         self._stream = conn
         # The connection reads nothing more (the stream ends it): drop the parser and the
@@ -199,7 +198,8 @@ class StreamingProtocol(GuardedHttpToolsProtocol):
         self.parser = None  # type: ignore[assignment]
         self.pipeline = _NO_PIPELINE
         conn.aborter = transport.abort
-        conn.attach(transport, self._ended)
+        # The head leaves with the opening bytes (and any replay) in one write.
+        conn.attach(transport, self._ended, b"".join(head))
 
     def _ended(self) -> None:
         """The stream is over: end the body cleanly (unless cut) and close."""
