@@ -146,12 +146,6 @@ def build_task_router(hub: Hub) -> APIRouter:
     limit = hub.settings.max_body_bytes
     tasks = hub.tasks
 
-    async def _publisher(request: Request) -> Principal:
-        # Every change publishes an event: it counts against the publish rate (SPEC §5).
-        principal = await resolve_principal(hub, request)
-        hub.limits.check_publish(principal_key(principal, request))
-        return principal
-
     @router.post(
         "/tasks",
         status_code=201,
@@ -161,7 +155,7 @@ def build_task_router(hub: Hub) -> APIRouter:
         openapi_extra=_body_doc(CreateTaskRequest, required=False),
     )
     async def create_task(request: Request) -> Response:
-        principal = await _publisher(request)
+        principal = await _publisher(hub, request)
         body = await _parse(request, CreateTaskRequest, limit)
         task = await tasks.create(
             owner=principal.user,
@@ -212,7 +206,7 @@ def build_task_router(hub: Hub) -> APIRouter:
         openapi_extra=_body_doc(FileUpdateRequest, required=True),
     )
     async def file_update(request: Request, task_id: str, file_id: str) -> Response:
-        principal = await _publisher(request)
+        principal = await _publisher(hub, request)
         body = await _parse(request, FileUpdateRequest, limit)
         task = await tasks.file(
             task_id,
@@ -233,7 +227,7 @@ def build_task_router(hub: Hub) -> APIRouter:
         openapi_extra=_body_doc(CompleteTaskRequest, required=False),
     )
     async def complete(request: Request, task_id: str) -> Response:
-        principal = await _publisher(request)
+        principal = await _publisher(hub, request)
         body = await _parse(request, CompleteTaskRequest, limit)
         task = await tasks.complete(task_id, result=body.result, principal=principal)
         return _task_response(task)
@@ -246,7 +240,7 @@ def build_task_router(hub: Hub) -> APIRouter:
         openapi_extra=_body_doc(FailTaskRequest, required=True),
     )
     async def fail(request: Request, task_id: str) -> Response:
-        principal = await _publisher(request)
+        principal = await _publisher(hub, request)
         body = await _parse(request, FailTaskRequest, limit)
         task = await tasks.fail(
             task_id, error=body.error, details=body.details, principal=principal
@@ -261,7 +255,7 @@ def build_task_router(hub: Hub) -> APIRouter:
         openapi_extra=_body_doc(CancelTaskRequest, required=False),
     )
     async def cancel(request: Request, task_id: str) -> Response:
-        principal = await _publisher(request)
+        principal = await _publisher(hub, request)
         body = await _parse(request, CancelTaskRequest, limit)
         task = await tasks.cancel(task_id, reason=body.reason, principal=principal)
         return _task_response(task)
@@ -291,12 +285,18 @@ def build_task_router(hub: Hub) -> APIRouter:
     return router
 
 
+async def _publisher(hub: Hub, request: Request) -> Principal:
+    """The principal of a request that changes a task, after the publish rate check: every
+    change publishes an event, so it counts against the publish rate (SPEC §5)."""
+    principal = await resolve_principal(hub, request)
+    hub.limits.check_publish(principal_key(principal, request))
+    return principal
+
+
 async def progress_response(hub: Hub, request: Request, task_id: str) -> Response:
     """``POST /tasks/{task_id}/progress``: the updated task JSON, or the error."""
     try:
-        principal = await resolve_principal(hub, request)
-        # Every change publishes an event: it counts against the publish rate (SPEC §5).
-        hub.limits.check_publish(principal_key(principal, request))
+        principal = await _publisher(hub, request)
         body = await _parse(request, ProgressRequest, hub.settings.max_body_bytes)
         task = await hub.tasks.progress(
             task_id,
