@@ -311,3 +311,24 @@ async def test_a_held_stream_sends_its_head_at_once() -> None:
         assert len(transport.writes) == 2
     finally:
         await hub.aclose()
+
+
+async def test_a_hub_that_stays_behind_keeps_each_connection_once_in_its_flush_list() -> None:
+    # Events keep arriving before a pass ends: written connections are appended again,
+    # but the list never holds more than the connections, and nothing is lost.
+    hub = Hub(store="memory", keepalive=60, shutdown_grace=0, max_connections_per_ip=0)
+    await hub.start()
+    try:
+        streams = [await open_direct(hub, ["t"]) for _ in range(FLUSH_BATCH + 100)]
+        await settle(hub)
+        ids = []
+        for i in range(10):
+            ids.append(await hub.publish("t", i))
+            await asyncio.sleep(0)  # one batch per publish: the hub never catches up here
+            assert len(hub._dirty) <= len(streams)
+        await settle(hub)
+        for _, transport in streams:
+            events = chunk_events(b"".join(transport.writes[1:]))
+            assert [e.id for e in events] == ids
+    finally:
+        await hub.aclose()

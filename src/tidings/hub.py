@@ -153,9 +153,8 @@ class Hub:
         self._live: set[Connection] = set()
         #: Streams whose resume waits for the backend, with the id they resume after.
         self._pending_replay: dict[Connection, str] = {}
-        #: Connections to write, in order; ``_flush`` is at ``_flush_from``.
+        #: Connections to write, in order (each at most once: see ``Connection._dirty``).
         self._dirty: list[Connection] = []
-        self._flush_from = 0
         self._flush_handle: asyncio.Handle | None = None
         self._backlogged: set[Connection] = set()
         self._backlog_handle: asyncio.TimerHandle | None = None
@@ -373,23 +372,20 @@ class Hub:
         pass (10,000 subscribers take tens of milliseconds) are queued on the connections
         not written yet and leave with the earlier events in one ``write``: a hub that
         falls behind coalesces more and catches up, instead of queueing whole passes.
-        Connections marked dirty meanwhile are appended and written in their turn.
+        Connections marked dirty meanwhile are appended and written in their turn; the
+        list holds each connection at most once, however long the hub stays behind.
         """
         self._flush_handle = None
         dirty = self._dirty
-        start = self._flush_from
-        stop = start + FLUSH_BATCH
+        batch = dirty[:FLUSH_BATCH]
+        del dirty[:FLUSH_BATCH]
         now = time.monotonic()
         written = 0
-        for conn in dirty[start:stop]:
+        for conn in batch:
             written += conn.flush(now)
         self._stats.delivered += written
-        if stop < len(dirty):
-            self._flush_from = stop
+        if dirty and self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
-        else:
-            self._dirty = []
-            self._flush_from = 0
 
     def _backlog(self, conn: Connection) -> None:
         """Retry ``conn`` later: its transport holds too many unsent bytes."""
