@@ -1,0 +1,55 @@
+"""``hub.router`` mounted in an application's own FastAPI app (no fast paths there).
+
+The standalone server answers ``POST /publish`` and ``POST /tasks/{id}/progress`` before
+FastAPI's routing; embedded apps reach the same functions through the routes. These
+tests keep the routes' answers, errors included, the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from tidings import Hub
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    hub = Hub(store="memory", keepalive=60, shutdown_grace=0)
+    app = FastAPI()
+    app.include_router(hub.router, prefix="/sse")
+    await hub.start()
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            yield client
+    finally:
+        await hub.aclose()
+
+
+async def test_publish_through_the_route(http: httpx.AsyncClient) -> None:
+    response = await http.post("/sse/publish", json={"topic": "news", "data": {"n": 1}})
+    assert response.status_code == 202
+    assert response.json()["id"].endswith("-1")
+    bad = await http.post("/sse/publish", content=b"{", headers={"content-type": "x"})
+    assert bad.status_code == 400
+    assert bad.json()["error"]["code"] == "malformed_json"
+    unknown = await http.post("/sse/publish", json={"topic": "news", "colour": 1})
+    assert unknown.status_code == 422
+    assert unknown.json()["error"]["code"] == "invalid_request"
+
+
+async def test_progress_through_the_route(http: httpx.AsyncClient) -> None:
+    created = await http.post("/sse/tasks", json={"total": 10})
+    task_id = created.json()["task_id"]
+    response = await http.post(f"/sse/tasks/{task_id}/progress", json={"current": 4})
+    assert response.status_code == 200
+    assert response.json()["progress"] == 40.0
+    over = await http.post(f"/sse/tasks/{task_id}/progress", json={"current": 11})
+    assert over.status_code == 422
+    missing = await http.post("/sse/tasks/nope/progress", json={"current": 1})
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "task_not_found"
