@@ -14,6 +14,7 @@ import pytest
 from fastapi import FastAPI
 
 from tidings import Hub
+from tidings.web.streaming import EventStreamResponse
 
 
 @pytest.fixture
@@ -53,3 +54,20 @@ async def test_progress_through_the_route(http: httpx.AsyncClient) -> None:
     missing = await http.post("/sse/tasks/nope/progress", json={"current": 1})
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "task_not_found"
+
+
+async def test_streams_do_not_share_a_headers_list() -> None:
+    # Middlewares (CORS) add to the headers a response sends: one stream's additions must
+    # not show up on the next stream's response.
+    hub = Hub(store="memory", keepalive=60, shutdown_grace=0)
+    await hub.start()
+    try:
+        EventStreamResponse(hub, await hub.open_stream(["t"]))  # the headers are built once
+        first = EventStreamResponse(hub, await hub.open_stream(["t"]))
+        first.headers["access-control-allow-origin"] = "https://app.example"
+        second = EventStreamResponse(hub, await hub.open_stream(["t"]))
+        assert "access-control-allow-origin" not in second.headers
+        assert second.headers["content-type"] == "text/event-stream; charset=utf-8"
+        assert "content-length" not in second.headers
+    finally:
+        await hub.aclose()

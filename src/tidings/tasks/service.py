@@ -376,7 +376,7 @@ class TaskService:
                     self._hub.note_published()
                     return inserted
                 created = await store.insert(task)
-                return await self._publish(created, progress_event(created))
+                return await self._publish(created, self._draft(created, progress_event(created)))
 
         return await self._shielded(apply())
 
@@ -683,10 +683,10 @@ class TaskService:
                     self._hub.note_published()
                     return updated
                 task = await store.update(task_id, mutate)
-                last, draft = drafted[-1] if drafted else (None, None)
-                if last is not task or draft is None:
-                    draft = self._draft(task, event(task))
-                return await self._publish(task, draft)
+                # The draft made in ``mutate`` is the event of the task it returned.
+                if drafted and drafted[-1][0] is task:
+                    return await self._publish(task, drafted[-1][1])
+                return await self._publish(task, self._draft(task, event(task)))
 
         return await self._shielded(apply())
 
@@ -704,10 +704,9 @@ class TaskService:
             # refused change, e.g. TaskFinished, needs no report; the caller is gone).
             job.exception()
 
-    async def _publish(self, task: Task, item: TaskEvent | Draft) -> Task:
-        """Append ``item`` (or its draft) for ``task`` and record its id (called under the
+    async def _publish(self, task: Task, draft: Draft) -> Task:
+        """Append ``draft`` (an event of ``task``) and record its id (called under the
         task's lock)."""
-        draft = item if isinstance(item, Draft) else self._draft(task, item)
         try:
             appended = await self._hub.append(draft)
         except (BackendUnavailable, ShuttingDown) as exc:

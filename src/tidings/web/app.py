@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tidings import __version__
 from tidings.web.errors import error_response, validation_message
 from tidings.web.routes import events_response, publish_response
-from tidings.web.task_routes import progress_response
+from tidings.web.task_routes import progress_response, task_id_of
 
 if TYPE_CHECKING:
     from tidings.hub import Hub
@@ -100,17 +100,7 @@ class FastPaths:
             return None
         if path == "/publish":
             return await publish_response(self.hub, Request(scope, receive))
-        task_id = _progress_task_id(path)
+        task_id = task_id_of(path, "progress")
         if task_id is not None:
             return await progress_response(self.hub, Request(scope, receive), task_id)
         return None
-
-
-def _progress_task_id(path: str) -> str | None:
-    """The task id of ``/tasks/{id}/progress`` (one path segment, as the route matches)."""
-    if not (path.startswith("/tasks/") and path.endswith("/progress")):
-        return None
-    task_id = path[len("/tasks/") : -len("/progress")]
-    if not task_id or "/" in task_id:
-        return None
-    return task_id

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import urllib.parse
 from collections import deque
 from http import HTTPStatus
@@ -35,6 +36,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from tidings._http import GuardedHttpToolsProtocol
 from tidings.web.streaming import EventStreamResponse
+from tidings.web.task_routes import task_id_of
 
 if TYPE_CHECKING:
     from tidings.connection import Connection
@@ -60,15 +62,8 @@ def find_hub(app: Any) -> Hub | None:
     return None
 
 
-_hubs: dict[int, tuple[Any, Hub | None]] = {}
-
-
-def _hub_of(app: Any) -> Hub | None:
-    """:func:`find_hub`, once per app (a protocol is made for every connection)."""
-    found = _hubs.get(id(app))
-    if found is None or found[0] is not app:
-        found = _hubs[id(app)] = (app, find_hub(app))
-    return found[1]
+#: :func:`find_hub`, once per app: a protocol is made for every connection.
+_hub_of = functools.lru_cache(maxsize=8)(find_hub)
 
 
 def cors_headers(origins: list[str], origin: bytes | None) -> list[tuple[bytes, bytes]]:
@@ -278,10 +273,8 @@ def _stream_of(raw_path: bytes) -> tuple[str, str | None] | None:
         return None
     if "%" in path:
         path = urllib.parse.unquote(path)
-    task_id = path[len("/tasks/") : -len("/stream")]
-    if not task_id or "/" in task_id:
-        return None
-    return path, task_id
+    task_id = task_id_of(path, "stream")
+    return None if task_id is None else (path, task_id)
 
 
 _FORWARDED = (b"x-forwarded-for", b"x-forwarded-proto")

@@ -47,8 +47,8 @@ class EventStreamResponse(Response):
 
     media_type = "text/event-stream"
     charset = "utf-8"
-    #: The raw headers of a stream with no headers of its own (shared, never changed).
-    _plain_headers: list[tuple[bytes, bytes]] | None = None
+    #: The raw headers of a stream with no headers of its own, built once.
+    _plain_headers: tuple[tuple[bytes, bytes], ...] | None = None
 
     def __init__(
         self,
@@ -63,23 +63,22 @@ class EventStreamResponse(Response):
         self.background = None
         self.body = b""
         if headers is None and EventStreamResponse._plain_headers is not None:
-            # Every stream without headers of its own sends the same ones: built once.
-            self.raw_headers = EventStreamResponse._plain_headers
+            # Every stream without headers of its own sends the same ones (its own list:
+            # middlewares add to the headers they are sent).
+            self.raw_headers = list(EventStreamResponse._plain_headers)
             return
         self.init_headers({**SSE_HEADERS, **(headers or {})})
         # Content-Length must not be sent for a stream.
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
         if headers is None:
-            EventStreamResponse._plain_headers = self.raw_headers
+            EventStreamResponse._plain_headers = tuple(self.raw_headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         conn = self.conn
         task = asyncio.current_task()
         transport = _server_transport(task)
         try:
-            # A copy: middlewares (CORS) add to the list they are sent, and it may be shared.
-            headers = list(self.raw_headers)
-            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             if transport is not None:
                 conn.aborter = transport.abort
                 await self._run_direct(conn, transport, receive)

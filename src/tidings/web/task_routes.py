@@ -40,6 +40,7 @@ __all__ = [
     "ProgressRequest",
     "build_task_router",
     "progress_response",
+    "task_id_of",
     "task_stream_response",
 ]
 
@@ -283,6 +284,18 @@ def build_task_router(hub: Hub) -> APIRouter:
         return await task_stream_response(hub, request, task_id)
 
     return router
+
+
+def task_id_of(path: str, action: str) -> str | None:
+    """The id in ``/tasks/{id}/<action>`` (one path segment, as the routes match it), or
+    ``None`` when ``path`` is not that route's."""
+    suffix = "/" + action
+    if not (path.startswith("/tasks/") and path.endswith(suffix)):
+        return None
+    task_id = path[len("/tasks/") : -len(suffix)]
+    if not task_id or "/" in task_id:
+        return None
+    return task_id
 
 
 async def _publisher(hub: Hub, request: Request) -> Principal:
