@@ -23,13 +23,23 @@ rate-limit token or a task. ``tidings serve`` passes this class to uvicorn throu
 from __future__ import annotations
 
 import asyncio
+import functools
+import ipaddress
 import logging
+import os
+import threading
+from collections import deque
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
+import httptools
 import orjson
 from uvicorn.config import Config
+from uvicorn.logging import TRACE_LOG_LEVEL
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
 from uvicorn.server import ServerState
 
 __all__ = ["GuardedHttpToolsProtocol"]
@@ -38,6 +48,56 @@ logger = logging.getLogger("tidings.http")
 
 #: Seconds a refused connection is kept to drain what the client is still sending.
 LINGER = 2.0
+
+
+_local = threading.local()
+os.register_at_fork(after_in_child=lambda: _local.__dict__.clear())
+
+
+def current_loop() -> asyncio.AbstractEventLoop:
+    """The running loop, remembered per thread.
+
+    A protocol is made for every connection, and ``asyncio.get_event_loop()`` (what uvicorn
+    calls when it is given no loop) makes a ``getpid`` system call each time on Python 3.11.
+    One thread runs one loop at a time, so the remembered loop is the current one while it
+    runs; a forked child forgets it.
+    """
+    loop: asyncio.AbstractEventLoop | None = getattr(_local, "loop", None)
+    if loop is None or not loop.is_running():
+        loop = _local.loop = asyncio.get_running_loop()
+    return loop
+
+
+@dataclass(frozen=True, slots=True)
+class _Shared:
+    """What every connection of one server has in common, looked up once."""
+
+    logger: logging.Logger
+    access_logger: logging.Logger
+    access_log: bool
+    asgi_version: str
+    #: The address every connection is made to, when the server listens on one address.
+    address: tuple[str, int] | None
+
+
+@functools.lru_cache(maxsize=8)
+def _shared(config: Config) -> _Shared:
+    access_logger = logging.getLogger("uvicorn.access")
+    address = None
+    if config.uds is None and config.fd is None and config.port:
+        try:
+            ip = ipaddress.ip_address(config.host)
+        except ValueError:  # a host name may stand for several addresses
+            ip = None
+        if ip is not None and not ip.is_unspecified:
+            address = (str(ip), config.port)
+    return _Shared(
+        logger=logging.getLogger("uvicorn.error"),
+        access_logger=access_logger,
+        access_log=access_logger.hasHandlers(),
+        asgi_version=config.asgi_version,
+        address=address,
+    )
 
 
 class _Refused(Exception):
@@ -62,7 +122,42 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         max_head_bytes: int = 32768,
         request_timeout: float = 10.0,
     ) -> None:
-        super().__init__(config, server_state, app_state, _loop)
+        # uvicorn's ``HttpToolsProtocol.__init__``, with what all the connections of a
+        # server share looked up once per server (loggers, the loop): a protocol is made
+        # for every connection. tests/test_http_guard.py checks that this sets every
+        # attribute uvicorn's own sets, so an upgrade cannot leave one out.
+        if not config.loaded:
+            config.load()
+        shared = _shared(config)
+        self.config = config
+        self.app = config.loaded_app
+        self.loop = _loop or current_loop()
+        self.logger = shared.logger
+        self.access_logger = shared.access_logger
+        self.access_log = shared.access_log
+        self.parser = httptools.HttpRequestParser(self)
+        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+        self.ws_protocol_class = config.ws_protocol_class
+        self.root_path = config.root_path
+        self.asgi_version = shared.asgi_version  # type: ignore[assignment]
+        self.limit_concurrency = config.limit_concurrency
+        self.app_state = app_state
+        self.timeout_keep_alive_task = None
+        self.timeout_keep_alive = config.timeout_keep_alive
+        self.server_state = server_state
+        self.connections = server_state.connections
+        self.tasks = server_state.tasks
+        self.transport = None  # type: ignore[assignment]
+        self.flow = None  # type: ignore[assignment]
+        self.server = None
+        self.client = None
+        self.scheme = None
+        self.pipeline = deque()
+        self.scope = None  # type: ignore[assignment]
+        self.headers = None  # type: ignore[assignment]
+        self.expect_100_continue = False
+        self.cycle = None  # type: ignore[assignment]
+        self._shared = shared
         self.max_head_bytes = max_head_bytes
         self.request_timeout = request_timeout
         #: Reading a request head (no request yet, or between requests).
@@ -79,7 +174,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # -- connection ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        # uvicorn's, without asking the kernel for the server's address when the server
+        # listens on one address (one system call less per connection).
+        self.connections.add(self)
+        self.transport = transport
+        self.flow = FlowControl(transport)
+        self.server = self._shared.address or get_local_addr(transport)
+        self.client = get_remote_addr(transport)
+        self.scheme = "https" if is_ssl(transport) else "http"
+        if self.logger.level <= TRACE_LOG_LEVEL:
+            prefix = f"{self.client[0]}:{self.client[1]} - " if self.client else ""
+            self.logger.log(TRACE_LOG_LEVEL, "%sHTTP connection made", prefix)
         self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:

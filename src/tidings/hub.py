@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import signal
@@ -156,6 +157,9 @@ class Hub:
         #: Connections to write, in order (each at most once: see ``Connection._dirty``).
         self._dirty: list[Connection] = []
         self._flush_handle: asyncio.Handle | None = None
+        #: The loop the hub runs on, from :meth:`start` (``asyncio.get_running_loop()``
+        #: makes a ``getpid`` system call on every call, and this is the hot path).
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._backlogged: set[Connection] = set()
         self._backlog_handle: asyncio.TimerHandle | None = None
         self._grace_handle: asyncio.TimerHandle | None = None
@@ -178,6 +182,7 @@ class Hub:
             return
         if self.authenticate is None:
             self.jwt_verifier = JWTVerifier.from_settings(self.settings)
+        self._loop = asyncio.get_running_loop()
         await self.backend.start(self._dispatch)
         await self.tasks.start()
         self._running = True
@@ -355,7 +360,7 @@ class Hub:
         """Queue ``event`` on every matching connection (called by the backend)."""
         grew = fan_out(event, self._index.match(event.topic), self._dirty)
         if grew and self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+            self._flush_handle = self._running_loop().call_soon(self._flush)
 
     # -- direct writes -------------------------------------------------------------------
 
@@ -363,7 +368,11 @@ class Hub:
         """Flush ``conn`` at the next tick, with every other connection written this tick."""
         self._dirty.append(conn)
         if self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+            self._flush_handle = self._running_loop().call_soon(self._flush)
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        return asyncio.get_running_loop() if loop is None else loop
 
     def _flush(self) -> None:
         """Write the dirty connections, at most :data:`FLUSH_BATCH` per loop iteration.
@@ -385,13 +394,13 @@ class Hub:
             written += conn.flush(now)
         self._stats.delivered += written
         if dirty and self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+            self._flush_handle = self._running_loop().call_soon(self._flush)
 
     def _backlog(self, conn: Connection) -> None:
         """Retry ``conn`` later: its transport holds too many unsent bytes."""
         self._backlogged.add(conn)
         if self._backlog_handle is None:
-            self._backlog_handle = asyncio.get_running_loop().call_later(
+            self._backlog_handle = self._running_loop().call_later(
                 BACKLOG_RETRY, self._retry_backlog
             )
 
@@ -407,7 +416,7 @@ class Hub:
             else:
                 self._stats.delivered += conn.flush(time.monotonic())
         if self._backlogged and self._backlog_handle is None:
-            self._backlog_handle = asyncio.get_running_loop().call_later(
+            self._backlog_handle = self._running_loop().call_later(
                 BACKLOG_RETRY, self._retry_backlog
             )
 
@@ -629,9 +638,24 @@ class Hub:
 
 
 def check_patterns(patterns: Sequence[str]) -> tuple[str, ...]:
-    """Validate a subscription's patterns (1 to 32, each valid), without duplicates."""
+    """Validate a subscription's patterns (1 to 32, each valid), without duplicates.
+
+    Raises:
+        InvalidTopic: no pattern, more than 32, or a bad one.
+    """
+    key = tuple(patterns)
+    if 0 < len(key) <= MAX_TOPICS:
+        return _checked_patterns(key)
+    return _check_patterns(key)
+
+
+def _check_patterns(patterns: tuple[str, ...]) -> tuple[str, ...]:
     if not patterns:
         raise InvalidTopic("at least one topic is required", code="missing_topic")
     if len(patterns) > MAX_TOPICS:
         raise InvalidTopic(f"at most {MAX_TOPICS} topics per subscription", code="too_many_topics")
     return tuple(dict.fromkeys(validate_pattern(p) for p in patterns))
+
+
+#: Every stream's patterns are checked when it opens, and most streams share a few sets.
+_checked_patterns = functools.lru_cache(maxsize=256)(_check_patterns)

@@ -97,6 +97,8 @@ def is_wildcard(pattern: str) -> bool:
 
     Does not validate: ``a*`` is not a wildcard pattern (it is not a valid pattern at all).
     """
+    if "*" not in pattern:
+        return False
     return any(segment in ("*", "**") for segment in pattern.split("/"))
 
 

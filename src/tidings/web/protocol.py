@@ -24,8 +24,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
+import types
 import urllib.parse
 from collections import deque
+from collections.abc import Coroutine, Generator
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
@@ -35,8 +38,9 @@ from starlette.responses import Response
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from tidings._http import GuardedHttpToolsProtocol
+from tidings.web.routes import events_response
 from tidings.web.streaming import EventStreamResponse
-from tidings.web.task_routes import task_id_of
+from tidings.web.task_routes import task_id_of, task_stream_response
 
 if TYPE_CHECKING:
     from tidings.connection import Connection
@@ -64,6 +68,42 @@ def find_hub(app: Any) -> Hub | None:
 
 #: :func:`find_hub`, once per app: a protocol is made for every connection.
 _hub_of = functools.lru_cache(maxsize=8)(find_hub)
+
+
+def run_eagerly(
+    coro: Coroutine[Any, Any, None], loop: asyncio.AbstractEventLoop
+) -> asyncio.Task[None] | None:
+    """Run ``coro`` now, up to its first wait; a task runs the rest, if there is any.
+
+    Most streams open without waiting for anything (no replay, no remote auth): they are
+    answered at once, without the cost of a task (Python 3.12's eager tasks, by hand).
+    """
+    try:
+        waiting_on = coro.send(None)
+    except StopIteration:
+        return None
+    return loop.create_task(_go_on(coro, waiting_on))
+
+
+@types.coroutine
+def _go_on(coro: Coroutine[Any, Any, None], waiting_on: Any) -> Generator[Any, Any, None]:
+    """The rest of ``coro``, started by hand and now waiting on ``waiting_on``.
+
+    Whatever the task sends or throws in (a cancellation) goes on to ``coro``.
+    """
+    while True:
+        try:
+            sent = yield waiting_on
+        except BaseException as exc:
+            try:
+                waiting_on = coro.throw(exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                waiting_on = coro.send(sent)
+            except StopIteration:
+                return
 
 
 def cors_headers(origins: list[str], origin: bytes | None) -> list[tuple[bytes, bytes]]:
@@ -120,7 +160,7 @@ class StreamingProtocol(GuardedHttpToolsProtocol):
         http_version = self.parser.get_http_version()
         if http_version != "1.1":
             scope["http_version"] = http_version
-        self._opening = self.loop.create_task(self._open(dict(scope), task_id))
+        self._opening = run_eagerly(self._open(dict(scope), task_id), self.loop)
         # Nothing of the request is needed any more; free it for the stream's lifetime.
         self.scope = None  # type: ignore[assignment]
         self.headers = []
@@ -160,7 +200,7 @@ class StreamingProtocol(GuardedHttpToolsProtocol):
         hub = self._hub
         assert hub is not None
         try:
-            if self.config.proxy_headers:
+            if self.config.proxy_headers and _has_forwarded(scope["headers"]):
                 scope = await _forwarded(scope, self.config.forwarded_allow_ips)
             request = Request(scope)
             response = await _stream_response(hub, request, task_id)
@@ -180,11 +220,11 @@ class StreamingProtocol(GuardedHttpToolsProtocol):
         if transport.is_closing():
             hub.close_stream(conn)
             return
-        head = [b"HTTP/1.1 200 OK\r\n"]
-        head += [n + b": " + v + b"\r\n" for n, v in self.server_state.default_headers]
-        head += [n + b": " + v + b"\r\n" for n, v in response.raw_headers]
-        head += [n + b": " + v + b"\r\n" for n, v in self._cors(scope)]
-        head.append(b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n")
+        head = _stream_head(self.server_state.default_headers, response.raw_headers)
+        cors = self._cors(scope)
+        if cors:
+            # After the other headers, before the blank line that ends the head.
+            head = head[:-2] + b"".join(n + b": " + v + b"\r\n" for n, v in cors) + b"\r\n"
         self._log_access(scope, 200)
         self._stream = conn
         # The connection reads nothing more (the stream ends it): drop the parser and the
@@ -194,7 +234,7 @@ class StreamingProtocol(GuardedHttpToolsProtocol):
         self.pipeline = _NO_PIPELINE
         conn.aborter = transport.abort
         # The head leaves with the opening bytes (and any replay) in one write.
-        conn.attach(transport, self._ended, b"".join(head))
+        conn.attach(transport, self._ended, head)
 
     def _ended(self) -> None:
         """The stream is over: end the body cleanly (unless cut) and close."""
@@ -238,7 +278,7 @@ class StreamingProtocol(GuardedHttpToolsProtocol):
         return cors_headers(hub.settings.cors_origin, origin)
 
     def _log_access(self, scope: dict[str, Any], status: int) -> None:
-        if not self.access_log:
+        if not self.access_log or not self.access_logger.isEnabledFor(logging.INFO):
             return
         client = scope.get("client")
         where = f"{client[0]}:{client[1]}" if client else "-"
@@ -250,9 +290,6 @@ class StreamingProtocol(GuardedHttpToolsProtocol):
 
 
 async def _stream_response(hub: Hub, request: Request, task_id: str | None) -> Response:
-    from tidings.web.routes import events_response
-    from tidings.web.task_routes import task_stream_response
-
     if task_id is None:
         return await events_response(hub, request)
     return await task_stream_response(hub, request, task_id)
@@ -288,7 +325,7 @@ async def _forwarded(scope: dict[str, Any], trusted: Any) -> dict[str, Any]:
     without any, and skip the middleware (which parses the trusted list and the client's
     address).
     """
-    if not any(name in _FORWARDED for name, _ in scope["headers"]):
+    if not _has_forwarded(scope["headers"]):
         return scope
     key = repr(trusted)
     middleware = _proxy_middlewares.get(key)
@@ -298,6 +335,38 @@ async def _forwarded(scope: dict[str, Any], trusted: Any) -> dict[str, Any]:
     with contextlib.suppress(Exception):
         await middleware(scope, _never, _never)  # type: ignore[arg-type]
     return scope
+
+
+def _has_forwarded(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(name in _FORWARDED for name, _ in headers)
+
+
+class _StreamHead:
+    """A stream's response head, without CORS headers, built once per second.
+
+    Streams share their headers (:class:`EventStreamResponse`), and the server's default
+    headers change once a second (uvicorn replaces the list when ``date`` changes).
+    """
+
+    def __init__(self) -> None:
+        self._defaults: list[tuple[bytes, bytes]] | None = None
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head = b""
+
+    def __call__(
+        self, default_headers: list[tuple[bytes, bytes]], headers: list[tuple[bytes, bytes]]
+    ) -> bytes:
+        if default_headers is self._defaults and headers == self._headers:
+            return self._head
+        head = [b"HTTP/1.1 200 OK\r\n"]
+        head += [n + b": " + v + b"\r\n" for n, v in default_headers]
+        head += [n + b": " + v + b"\r\n" for n, v in headers]
+        head.append(b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n")
+        self._defaults, self._headers, self._head = default_headers, list(headers), b"".join(head)
+        return self._head
+
+
+_stream_head = _StreamHead()
 
 
 async def _ignore(*args: Any) -> None:

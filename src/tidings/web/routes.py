@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import QueryParams
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
@@ -121,9 +123,10 @@ async def events_response(hub: Hub, request: Request) -> Response:
         # Attempts are counted before any other work, so a flood is cut cheaply (SPEC §5).
         ip = client_ip(request)
         hub.limits.check_connect(ip)
-        query = request.query_params
-        patterns = check_patterns(query.getlist("topic"))
-        resume = request.headers.get("last-event-id", query.get("last_event_id"))
+        patterns, resume = _stream_query(request.scope["query_string"])
+        sent = header(request, b"last-event-id")
+        if sent is not None:
+            resume = sent
         principal = await resolve_principal(hub, request)
         conn = await hub.open_stream(
             patterns, principal=principal, last_event_id=resume or None, ip=ip
@@ -131,6 +134,40 @@ async def events_response(hub: Hub, request: Request) -> Response:
     except Exception as exc:
         return render(exc)
     return EventStreamResponse(hub, conn)
+
+
+#: Query strings longer than this are parsed every time instead of being remembered.
+_CACHED_QUERY_BYTES = 512
+
+
+def _stream_query(query: bytes) -> tuple[tuple[str, ...], str | None]:
+    """The checked topics and the ``last_event_id`` of a stream's query string.
+
+    Raises:
+        InvalidTopic: no topic, more than 32, or a bad one.
+    """
+    if len(query) <= _CACHED_QUERY_BYTES:
+        return _remembered_stream_query(query)
+    return _parse_stream_query(query)
+
+
+def _parse_stream_query(query: bytes) -> tuple[tuple[str, ...], str | None]:
+    params = QueryParams(query)
+    return check_patterns(params.getlist("topic")), params.get("last_event_id")
+
+
+#: Streams are opened by fleets of clients with the same few query strings: parsing and
+#: checking them is a fifth of opening a stream (docs/performance.md). Errors are not
+#: remembered (``lru_cache`` keeps returns only).
+_remembered_stream_query = functools.lru_cache(maxsize=1024)(_parse_stream_query)
+
+
+def header(request: Request, name: bytes) -> str | None:
+    """The first value of header ``name`` (lower case), without building the headers map."""
+    for key, value in request.scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")  # type: ignore[no-any-return]
+    return None
 
 
 async def publish_response(hub: Hub, request: Request) -> Response:

@@ -69,8 +69,8 @@ def client_ip(conn: HTTPConnection) -> str:
     Behind a reverse proxy this is the proxy's address unless the server trusts it to
     name the client (``--forwarded-allow-ips``); per-IP limits key on this value.
     """
-    client = conn.client
-    return client.host if client is not None else "unknown"
+    client = conn.scope.get("client")
+    return str(client[0]) if client else "unknown"
 
 
 def principal_key(principal: Principal, conn: HTTPConnection) -> str:
