@@ -1,4 +1,4 @@
-"""The server protocol's own pieces: parity with uvicorn's protocol, and eager opening.
+"""The server protocol's set-up of a connection: the same state as uvicorn's protocol.
 
 ``GuardedHttpToolsProtocol`` sets up a connection itself instead of calling uvicorn's
 ``__init__`` and ``connection_made`` (a protocol is made for every connection, and
@@ -19,7 +19,6 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from tidings._http import GuardedHttpToolsProtocol, current_loop
-from tidings.web.protocol import run_eagerly
 
 
 async def _app(scope: Any, receive: Any, send: Any) -> None:  # pragma: no cover - never run
@@ -114,52 +113,3 @@ def test_current_loop_is_the_running_loop_of_each_loop_in_turn() -> None:
             loop.close()
     assert [a is b for a, b in seen] == [True, True]
     assert seen[0][0] is not seen[1][0]
-
-
-async def test_run_eagerly_finishes_at_once_without_a_task() -> None:
-    steps: list[str] = []
-
-    async def opens() -> None:
-        steps.append("opened")
-
-    assert run_eagerly(opens(), asyncio.get_running_loop()) is None
-    assert steps == ["opened"]
-
-
-async def test_run_eagerly_hands_the_rest_to_a_task() -> None:
-    steps: list[str] = []
-    gate: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-
-    async def waits() -> None:
-        steps.append("before")
-        steps.append(await gate)
-        await asyncio.sleep(0)
-        steps.append("after")
-
-    task = run_eagerly(waits(), asyncio.get_running_loop())
-    assert task is not None
-    assert steps == ["before"]
-    gate.set_result("value")
-    await task
-    assert steps == ["before", "value", "after"]
-
-
-async def test_run_eagerly_passes_a_cancellation_on() -> None:
-    steps: list[str] = []
-    gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    async def waits() -> None:
-        try:
-            await gate
-        except asyncio.CancelledError:
-            steps.append("cancelled")
-            raise
-
-    task = run_eagerly(waits(), asyncio.get_running_loop())
-    assert task is not None
-    await asyncio.sleep(0)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert steps == ["cancelled"]
-    assert gate.cancelled()

@@ -25,10 +25,8 @@ import asyncio
 import contextlib
 import functools
 import logging
-import types
 import urllib.parse
 from collections import deque
-from collections.abc import Coroutine, Generator
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
@@ -68,42 +66,6 @@ def find_hub(app: Any) -> Hub | None:
 
 #: :func:`find_hub`, once per app: a protocol is made for every connection.
 _hub_of = functools.lru_cache(maxsize=8)(find_hub)
-
-
-def run_eagerly(
-    coro: Coroutine[Any, Any, None], loop: asyncio.AbstractEventLoop
-) -> asyncio.Task[None] | None:
-    """Run ``coro`` now, up to its first wait; a task runs the rest, if there is any.
-
-    Most streams open without waiting for anything (no replay, no remote auth): they are
-    answered at once, without the cost of a task (Python 3.12's eager tasks, by hand).
-    """
-    try:
-        waiting_on = coro.send(None)
-    except StopIteration:
-        return None
-    return loop.create_task(_go_on(coro, waiting_on))
-
-
-@types.coroutine
-def _go_on(coro: Coroutine[Any, Any, None], waiting_on: Any) -> Generator[Any, Any, None]:
-    """The rest of ``coro``, started by hand and now waiting on ``waiting_on``.
-
-    Whatever the task sends or throws in (a cancellation) goes on to ``coro``.
-    """
-    while True:
-        try:
-            sent = yield waiting_on
-        except BaseException as exc:
-            try:
-                waiting_on = coro.throw(exc)
-            except StopIteration:
-                return
-        else:
-            try:
-                waiting_on = coro.send(sent)
-            except StopIteration:
-                return
 
 
 def cors_headers(origins: list[str], origin: bytes | None) -> list[tuple[bytes, bytes]]:
@@ -160,7 +122,7 @@ class StreamingProtocol(GuardedHttpToolsProtocol):
         http_version = self.parser.get_http_version()
         if http_version != "1.1":
             scope["http_version"] = http_version
-        self._opening = run_eagerly(self._open(dict(scope), task_id), self.loop)
+        self._opening = self.loop.create_task(self._open(dict(scope), task_id))
         # Nothing of the request is needed any more; free it for the stream's lifetime.
         self.scope = None  # type: ignore[assignment]
         self.headers = []
@@ -272,7 +234,7 @@ class StreamingProtocol(GuardedHttpToolsProtocol):
 
     def _cors(self, scope: dict[str, Any]) -> list[tuple[bytes, bytes]]:
         hub = self._hub
-        if hub is None:
+        if hub is None or not hub.settings.cors_origin:
             return []
         origin = next((v for n, v in scope["headers"] if n == b"origin"), None)
         return cors_headers(hub.settings.cors_origin, origin)
