@@ -14,3 +14,16 @@ def test_configuration_doc_lists_every_setting() -> None:
     for name in Settings.model_fields:
         flag = "--" + name.replace("_", "-")
         assert f"| `{flag}` | `TIDINGS_{name.upper()}` |" in text, flag
+
+
+def test_cli_doc_lists_every_command() -> None:
+    from tidings.cli import build_parser
+
+    text = (DOCS / "cli.md").read_text()
+    commands = next(
+        action.choices
+        for action in build_parser()._actions
+        if isinstance(action.choices, dict) and "serve" in action.choices
+    )
+    for name in commands:
+        assert f"| `tidings {name}" in text, name

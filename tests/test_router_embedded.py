@@ -7,13 +7,16 @@ tests keep the routes' answers, errors included, the same.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
+from tests.conftest import wait_for
 from tidings import Hub
+from tidings.testing import TestHub
 from tidings.web.streaming import EventStreamResponse
 
 
@@ -71,3 +74,25 @@ async def test_streams_do_not_share_a_headers_list() -> None:
         assert "content-length" not in second.headers
     finally:
         await hub.aclose()
+
+
+def test_a_cut_slow_client_leaves_no_error_in_the_servers_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Under plain uvicorn the hub cuts a slow client by aborting the transport; the
+    # response then ends without its last chunk, which uvicorn reports as an application
+    # error unless it has seen the disconnect first.
+    hub = Hub(store="memory", queue_size=10, shutdown_grace=1)
+    app = FastAPI(lifespan=hub.lifespan)
+    app.include_router(hub.router, prefix="/sse")
+    with caplog.at_level(logging.INFO), TestHub(app, hub=hub, prefix="/sse") as live:
+        slow = live.stream("feed", receive_buffer=4096)
+        for _ in range(100_000):
+            if slow.cut:
+                break
+            live.publish("feed", "x" * 1000)
+        assert slow.cut
+        wait_for(lambda: live.statistics().connections == 0, what="the cut stream to end")
+        assert live.statistics().slow_disconnects == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []

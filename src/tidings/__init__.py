@@ -6,7 +6,7 @@ The supported names are re-exported here; everything else is reached through its
 from __future__ import annotations
 
 from tidings.auth.principal import Principal
-from tidings.client import AsyncPublisher, Publisher, subscribe
+from tidings.client import AsyncPublisher, Publisher, subscribe, watch_task
 from tidings.config import Settings
 from tidings.errors import (
     BackendUnavailable,
@@ -53,4 +53,5 @@ __all__ = [
     "TidingsError",
     "__version__",
     "subscribe",
+    "watch_task",
 ]

@@ -16,13 +16,20 @@
     │   ├── TaskNotFound       no such task, or not visible to this principal (HTTP 404)
     │   ├── TaskExists         ``create`` with a task id that is taken (HTTP 409)
     │   └── TaskFinished       the task is terminal; it takes no more updates (HTTP 409)
-    └── BackendUnavailable     the backend (Redis) cannot be reached; ``__cause__`` holds why
+    ├── BackendUnavailable     the backend (Redis) cannot be reached; ``__cause__`` holds why
+    └── StreamEnded            a test stream ended before what the test waited for
+                               (``tidings.testing``; never raised by the hub itself)
 
 Each class carries a machine ``code`` (the ``error.code`` of the HTTP error body) and the
 HTTP ``status`` the web layer answers with. The web layer renders them; nothing else does.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tidings.wire import ServerSentEvent
 
 __all__ = [
     "BackendUnavailable",
@@ -35,6 +42,7 @@ __all__ = [
     "NotAuthorized",
     "RequestTooLarge",
     "ShuttingDown",
+    "StreamEnded",
     "TaskError",
     "TaskExists",
     "TaskFinished",
@@ -180,3 +188,20 @@ class BackendUnavailable(TidingsError):
 
     code = "backend_unavailable"
     status = 503
+
+
+class StreamEnded(TidingsError):
+    """A stream of the test kit (:mod:`tidings.testing`) ended while a test waited on it.
+
+    The server ended the response (a task stream after its last event, a shutdown) or cut
+    it, before the events the test asked for. ``events`` holds what the wait read before
+    the end. Differs from ``TimeoutError``, which means the stream stayed open but the
+    events did not come in time.
+    """
+
+    code = "stream_ended"
+    status = 500
+
+    def __init__(self, message: str, events: list[ServerSentEvent] | None = None) -> None:
+        super().__init__(message)
+        self.events: list[ServerSentEvent] = events or []

@@ -27,6 +27,9 @@ from __future__ import annotations
 import codecs
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+import orjson
 
 from tidings.errors import InvalidEvent
 
@@ -200,6 +203,14 @@ class ServerSentEvent:
     event: str = "message"
     id: str = ""
     retry: int | None = None
+
+    def json(self) -> Any:
+        """The data parsed as JSON (a hub's events carry their payload as JSON).
+
+        Raises:
+            ValueError: the data is not JSON.
+        """
+        return orjson.loads(self.data)
 
 
 class EventParser:

@@ -2,19 +2,25 @@
 
 It reconnects by itself, sends ``Last-Event-ID`` so nothing is lost, honours the server's
 ``retry``, and backs off exponentially with full jitter while the hub is unreachable (the
-EventSource rules, plus the backoff that browsers lack). A ``204`` or a ``4xx`` answer ends
-the iteration: retrying would not help.
+EventSource rules, plus the backoff that browsers lack). A ``204`` ends the iteration and a
+``4xx`` answer raises: retrying would not help.
+
+``429`` (too many streams, or too many attempts) is the exception to the exception: on the
+first attempt it raises :class:`~tidings.errors.LimitExceeded`, so a caller learns at once
+that it is over a limit; on a reconnect, a stream that was working waits the answer's
+``Retry-After`` (or the backoff, if longer) and tries again, as it does through an outage.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 import httpx
 
-from tidings.errors import NotAuthorized, TidingsError
+from tidings.client.transport import error_from_response
+from tidings.errors import LimitExceeded, TaskNotFound, TidingsError
 from tidings.wire import EventParser, ServerSentEvent
 
 __all__ = ["subscribe"]
@@ -30,7 +36,7 @@ async def subscribe(
     reconnect: bool = True,
     max_backoff: float = 30.0,
     client: httpx.AsyncClient | None = None,
-) -> AsyncIterator[ServerSentEvent]:
+) -> AsyncGenerator[ServerSentEvent, None]:
     """Yield the events of ``topics`` from the hub at ``url``, across reconnects.
 
     Args:
@@ -45,12 +51,18 @@ async def subscribe(
 
     Raises:
         NotAuthorized: the hub answered 401 or 403.
-        TidingsError: another 4xx answer (bad topic, too many topics...).
+        InvalidTopic: a bad topic or pattern, or too many of them (400).
+        TaskNotFound: a task stream (``path``) of a task that does not exist (404).
+        LimitExceeded: the first attempt was answered 429 (too many streams for this user
+            or IP, or too many attempts); ``retry_after`` holds the hub's ``Retry-After``.
+        TidingsError: another 4xx answer.
     """
     own = client is None
     http = client or httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None))
     retry_ms = 3000
     failures = 0
+    connected = False
+    wait_at_least = 0.0
     params = httpx.QueryParams([("topic", t) for t in topics])
     try:
         while True:
@@ -65,14 +77,19 @@ async def subscribe(
                 ) as response:
                     if response.status_code == 204:
                         return
-                    if 400 <= response.status_code < 500 and response.status_code != 429:
+                    if 400 <= response.status_code < 500:
                         await response.aread()
-                        raise _error_of(response)
+                        error = _error_of(response)
+                        if not isinstance(error, LimitExceeded) or not connected:
+                            raise error
+                        wait_at_least = error.retry_after
                     if response.status_code != 200:
                         raise httpx.HTTPStatusError(
                             "unavailable", request=response.request, response=response
                         )
                     failures = 0
+                    connected = True
+                    wait_at_least = 0.0
                     parser = EventParser()
                     async for chunk in response.aiter_raw():
                         for event in parser.feed(chunk):
@@ -90,20 +107,18 @@ async def subscribe(
                 if failures == 0
                 else min(max_backoff, retry_ms / 1000 * 2 ** min(failures, 10))
             )
-            await asyncio.sleep(random.uniform(delay / 2, delay) if failures else delay)
+            delay = random.uniform(delay / 2, delay) if failures else delay
+            await asyncio.sleep(max(delay, wait_at_least))
     finally:
         if own:
             await http.aclose()
 
 
 def _error_of(response: httpx.Response) -> TidingsError:
-    try:
-        error = response.json()["error"]
-        code, message = str(error["code"]), str(error["message"])
-    except (ValueError, KeyError, TypeError):
-        code, message = "http_error", f"HTTP {response.status_code}"
-    if response.status_code in (401, 403):
-        return NotAuthorized(message, code=code, status=response.status_code)
-    exc = TidingsError(message, code=code)
-    exc.status = response.status_code
-    return exc
+    """The exception for a 4xx answer; a 404 that is not about a task is a wrong URL."""
+    error = error_from_response(response)
+    if isinstance(error, TaskNotFound) and error.code != TaskNotFound.code:
+        plain = TidingsError(error.message, code=error.code)
+        plain.status = 404
+        return plain
+    return error

@@ -87,6 +87,11 @@ class EventStreamResponse(Response):
                 await self._run_asgi(conn, receive, send)
             if conn.close_reason not in ("slow", "client"):
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
+            elif conn.close_reason == "slow" and transport is not None:
+                # The transport was aborted: the server learns it on its next loop turn.
+                # Returning before that would be, to it, an application that left its
+                # response unfinished (uvicorn logs it as an error).
+                await _disconnected(receive)
         except asyncio.CancelledError:
             # Our own cut of a slow client under a server we cannot abort (see the module
             # docstring); anything else propagates as usual.
@@ -147,6 +152,14 @@ async def _watch_disconnect(receive: Receive, conn: Connection) -> None:
         if message["type"] == "http.disconnect":
             conn.close("client")
             return
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Wait for the server's ``http.disconnect`` (at most a second: it is on its way)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(1.0):
+            while (await receive())["type"] != "http.disconnect":
+                pass
 
 
 def _canceller(task: asyncio.Task[Any] | None) -> Callable[[], None]:

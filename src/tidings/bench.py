@@ -1,0 +1,575 @@
+"""``tidings bench``: a quick, self-contained load check of a hub.
+
+It opens N streams on one topic, publishes M events at a steady rate over ``POST /publish``
+(each carrying the time it was sent), and reports what arrived: delivered/expected,
+deliveries per second, publish-to-receive latency (p50, p95, p99, max) and how long the
+streams took to open. Without ``--url`` it starts its own ``tidings serve`` on a free
+loopback port (memory backend, memory store, limits off) and stops it afterwards.
+
+Decisions that may surprise:
+
+- Streams are raw asyncio connections with a minimal chunked-body reader, not an HTTP
+  client: the bench shares the machine (and often the core) with the hub, and a client that
+  costs more than the server measures itself.
+- Latency is measured inside this process (the publisher and the streams share one
+  clock), so it includes this process's own loop delays. It is a check, not a benchmark:
+  the side-by-side comparison with other servers is ``make bench`` (``benchmarks/``,
+  ``docs/performance.md``).
+- A ``429`` while opening a stream (the hub's connection-rate limit) is waited out
+  (``Retry-After``) and counted; the bench is bounded by ``--timeout`` all the same.
+- Exit code 1 when any event was not delivered to every stream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import resource
+import secrets
+import signal
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Coroutine, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+from tidings._rawhttp import ChunkedDecoder, parse_head, stream_request
+from tidings.errors import ConfigError, TidingsError
+
+__all__ = ["BenchResult", "add_bench_arguments", "bench", "run_bench"]
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``tidings bench`` flags (except ``--url`` and ``--token``)."""
+    parser.add_argument(
+        "--subscribers", type=int, default=200, metavar="N", help="streams (default: 200)"
+    )
+    parser.add_argument(
+        "--events", type=int, default=200, metavar="M", help="events to publish (default: 200)"
+    )
+    parser.add_argument(
+        "--rate", type=float, default=50.0, help="publishes per second (default: 50)"
+    )
+    parser.add_argument(
+        "--payload-bytes",
+        type=int,
+        default=100,
+        metavar="BYTES",
+        help="padding in each event's data (default: 100)",
+    )
+    parser.add_argument(
+        "--topic", default=None, help="topic to use (default: bench/<random>, unused elsewhere)"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="give up after this long, whatever happens (default: 60)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+@dataclass(frozen=True, slots=True)
+class BenchResult:
+    """What a bench run measured. Times are seconds, latencies milliseconds."""
+
+    url: str
+    own_hub: bool
+    subscribers: int
+    streams_opened: int
+    streams_refused: int
+    open_seconds: float
+    open_ms: dict[str, float]
+    events: int
+    published: int
+    publish_errors: int
+    publish_seconds: float
+    expected: int
+    delivered: int
+    delivered_ratio: float
+    deliveries_per_second: float
+    latency_ms: dict[str, float]
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """Whether every stream received every published event."""
+        return self.expected > 0 and self.delivered == self.expected
+
+    def to_json(self) -> dict[str, Any]:
+        """The result as a JSON object (``--json``)."""
+        data = asdict(self)
+        data["complete"] = self.complete
+        return data
+
+
+def _percentiles(values: list[float], points: tuple[int, ...]) -> dict[str, float]:
+    if not values:
+        return {f"p{p}": 0.0 for p in points} | {"max": 0.0}
+    ordered = sorted(values)
+    last = len(ordered) - 1
+    found = {f"p{p}": round(ordered[min(last, round(p / 100 * last))], 3) for p in points}
+    found["max"] = round(ordered[-1], 3)
+    return found
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, retry_after: float) -> None:
+        super().__init__(status)
+        self.status = status
+        self.retry_after = retry_after
+
+
+class _Totals:
+    """What every stream of the run adds to."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.delivered = 0
+        self.expected: int | None = None
+        self.latencies_ns: list[int] = []
+        self.last_delivery = 0.0
+        self.all_delivered = asyncio.Event()
+        self.loop = loop
+
+    def add(self, latency_ns: int) -> None:
+        self.delivered += 1
+        self.latencies_ns.append(latency_ns)
+        self.last_delivery = time.perf_counter()
+        if self.expected is not None and self.delivered >= self.expected:
+            self.all_delivered.set()
+
+
+class _Stream(asyncio.Protocol):
+    """One subscriber: reads the response head, then the chunked body, event by event."""
+
+    def __init__(self, totals: _Totals) -> None:
+        self.totals = totals
+        self.transport: asyncio.Transport | None = None
+        self.opened: asyncio.Future[None] = totals.loop.create_future()
+        self.head = bytearray()
+        self.in_body = False
+        self.chunks: ChunkedDecoder | None = ChunkedDecoder()
+        self.text = bytearray()  # body bytes not yet split into events
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(ConnectionError("the hub closed the stream"))
+
+    def data_received(self, data: bytes) -> None:
+        if not self.in_body:
+            self.head += data
+            end = self.head.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head, data = bytes(self.head[:end]), bytes(self.head[end + 4 :])
+            self.head.clear()
+            self.in_body = True
+            if not self._check_head(head) or not data:
+                return
+        if not self.opened.done():
+            self.opened.set_result(None)
+        self.text += self.chunks.feed(data) if self.chunks is not None else data
+        self._events()
+
+    def _check_head(self, head: bytes) -> bool:
+        status, headers = parse_head(head)
+        if status != 200:
+            retry = headers.get("retry-after", "1")
+            error = _Refused(status, float(retry) if retry.isdigit() else 1.0)
+            if not self.opened.done():
+                self.opened.set_exception(error)
+            if self.transport is not None:
+                self.transport.close()
+            return False
+        if "chunked" not in headers.get("transfer-encoding", "").lower():
+            self.chunks = None
+        return True
+
+    def _events(self) -> None:
+        text = self.text
+        start = 0
+        now = time.perf_counter_ns()
+        while True:
+            end = text.find(b"\n\n", start)
+            if end < 0:
+                break
+            block = bytes(text[start:end])
+            start = end + 2
+            at = block.find(b'data: {"t":')
+            if at < 0:
+                continue  # the opening, a keep-alive, or another event
+            digits = block[at + 11 : block.find(b",", at)]
+            if digits.isdigit():
+                self.totals.add(now - int(digits))
+        del text[:start]
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    host: str
+    port: int
+    prefix: str
+    tls: bool
+    url: str
+
+
+def _target(url: str) -> _Target:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"invalid --url: {url!r} (expected e.g. http://127.0.0.1:8000)")
+    tls = parts.scheme == "https"
+    return _Target(
+        host=parts.hostname,
+        port=parts.port or (443 if tls else 80),
+        prefix=parts.path.rstrip("/"),
+        tls=tls,
+        url=url.rstrip("/"),
+    )
+
+
+async def _open_stream(
+    target: _Target, request: bytes, totals: _Totals, deadline: float
+) -> tuple[_Stream, float, int]:
+    """A stream that received its opening bytes, the seconds that took, and the 429s."""
+    loop = asyncio.get_running_loop()
+    refused = 0
+    context = ssl.create_default_context() if target.tls else None
+    while True:
+        started = time.perf_counter()
+        stream = _Stream(totals)
+        await asyncio.wait_for(
+            loop.create_connection(
+                lambda stream=stream: stream,
+                target.host,
+                target.port,
+                ssl=context,
+            ),
+            max(0.1, deadline - time.monotonic()),
+        )
+        assert stream.transport is not None
+        stream.transport.write(request)
+        try:
+            await asyncio.wait_for(stream.opened, max(0.1, deadline - time.monotonic()))
+        except _Refused as exc:
+            stream.close()
+            if exc.status != 429 or time.monotonic() + exc.retry_after > deadline:
+                raise
+            refused += 1
+            await asyncio.sleep(exc.retry_after)  # the hub's connection-rate limit
+            continue
+        except BaseException:
+            stream.close()
+            raise
+        return stream, time.perf_counter() - started, refused
+
+
+async def bench(
+    url: str,
+    *,
+    subscribers: int = 200,
+    events: int = 200,
+    rate: float = 50.0,
+    payload_bytes: int = 100,
+    topic: str | None = None,
+    token: str | None = None,
+    timeout: float = 60.0,
+    own_hub: bool = False,
+) -> BenchResult:
+    """Run the load check against the hub at ``url`` (module doc); returns what it measured.
+
+    Raises:
+        ConfigError: a bad argument.
+        TidingsError: the hub refused the streams or cannot be reached.
+    """
+    import httpx
+
+    target = _target(url)
+    topic = topic or f"bench/{secrets.token_hex(4)}"
+    deadline = time.monotonic() + timeout
+    loop = asyncio.get_running_loop()
+    totals = _Totals(loop)
+    host = target.host if target.port in (80, 443) else f"{target.host}:{target.port}"
+    request = stream_request(target.prefix + "/events", host=host, topics=(topic,), token=token)
+    errors: list[str] = []
+    streams: list[_Stream] = []
+    gate = asyncio.Semaphore(64)  # connects in flight: below any listen backlog
+
+    async def open_one() -> tuple[_Stream, float, int]:
+        async with gate:
+            return await _open_stream(target, request, totals, deadline)
+
+    opening = time.perf_counter()
+    results = await asyncio.gather(
+        *(open_one() for _ in range(subscribers)), return_exceptions=True
+    )
+    open_seconds = time.perf_counter() - opening
+    open_times: list[float] = []
+    refused = 0
+    for result in results:
+        if isinstance(result, BaseException):
+            if isinstance(result, _Refused):
+                errors.append(f"stream refused with HTTP {result.status}")
+            elif isinstance(result, TimeoutError):
+                errors.append("stream did not open before --timeout")
+            elif isinstance(result, OSError):
+                errors.append(f"cannot connect: {result.strerror or result}")
+            else:
+                errors.append(f"stream failed: {result!r}")
+            continue
+        stream, seconds, refused_here = result
+        streams.append(stream)
+        open_times.append(seconds * 1000)
+        refused += refused_here
+    if not streams:
+        raise TidingsError(f"no stream could be opened on {target.url}: {errors[0]}")
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    pad = "x" * payload_bytes
+    published = 0
+    publish_errors = 0
+    publish_started = time.perf_counter()
+    async with httpx.AsyncClient(base_url=target.url, headers=headers, timeout=10) as http:
+        for i in range(events):
+            due = publish_started + i / rate
+            wait = due - time.perf_counter()
+            if wait > 0:
+                await asyncio.sleep(wait)  # pacing: the next publish is due then
+            if time.monotonic() > deadline:
+                errors.append("--timeout ran out while publishing")
+                break
+            # The timestamp comes first in the data: the streams read it without JSON.
+            data = {"t": time.perf_counter_ns(), "i": i, "pad": pad}
+            body = {"topic": topic, "type": "bench", "data": data}
+            try:
+                response = await http.post("/publish", json=body)
+            except httpx.HTTPError as exc:
+                publish_errors += 1
+                errors.append(f"publish failed: {exc!r}")
+                continue
+            if response.status_code == 202:
+                published += 1
+            else:
+                publish_errors += 1
+                errors.append(f"publish refused with HTTP {response.status_code}")
+    publish_seconds = time.perf_counter() - publish_started
+
+    expected = published * len(streams)
+    totals.expected = expected
+    if totals.delivered >= expected:
+        totals.all_delivered.set()
+    # Events still on their way get up to 10 s (or what --timeout leaves) to arrive.
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(
+            totals.all_delivered.wait(), max(0.1, min(10.0, deadline - time.monotonic()))
+        )
+    for stream in streams:
+        stream.close()
+    delivered = min(totals.delivered, expected)
+    spent = max(1e-9, totals.last_delivery - publish_started) if delivered else 0.0
+    return BenchResult(
+        url=target.url,
+        own_hub=own_hub,
+        subscribers=subscribers,
+        streams_opened=len(streams),
+        streams_refused=refused,
+        open_seconds=round(open_seconds, 3),
+        open_ms=_percentiles(open_times, (50, 95)),
+        events=events,
+        published=published,
+        publish_errors=publish_errors,
+        publish_seconds=round(publish_seconds, 3),
+        expected=expected,
+        delivered=delivered,
+        delivered_ratio=round(delivered / expected, 6) if expected else 0.0,
+        deliveries_per_second=round(delivered / spent, 1) if delivered else 0.0,
+        latency_ms=_percentiles([n / 1e6 for n in totals.latencies_ns], (50, 95, 99)),
+        errors=list(dict.fromkeys(errors))[:10],
+    )
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _own_hub(timeout: float = 20.0) -> Iterator[str]:
+    """A ``tidings serve`` of the bench's own on a free loopback port; its URL."""
+    import httpx
+
+    # Only the flags below: the user's TIDINGS_* settings (a secret, Redis) stay out.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
+    with tempfile.TemporaryFile() as log:
+        for _attempt in range(3):
+            port = _free_port()
+            argv = [
+                sys.executable,
+                "-m",
+                "tidings",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--backend",
+                "memory",
+                "--store",
+                "memory",
+                "--log-level",
+                "warning",
+                "--connect-rate-limit",
+                "0",
+                "--max-connections-per-ip",
+                "0",
+                "--max-connections-per-user",
+                "0",
+                "--publish-rate-limit",
+                "0",
+            ]
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+            url = f"http://127.0.0.1:{port}"
+            try:
+                started = time.monotonic()
+                while proc.poll() is None and time.monotonic() - started < timeout:
+                    with contextlib.suppress(httpx.HTTPError):
+                        if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                            break
+                    time.sleep(0.05)  # polling the new process until it answers
+                else:
+                    log.seek(0)
+                    text = log.read().decode(errors="replace")
+                    if "address already in use" in text:
+                        continue  # the free port was taken meanwhile: another one
+                    last = text.strip().splitlines()[-1:] or ["no output"]
+                    raise TidingsError(f"the bench's own hub did not start: {last[0]}")
+                yield url
+                return
+            finally:
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+                    try:
+                        proc.wait(15)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
+        raise TidingsError("the bench's own hub did not start: no free port")
+
+
+def _raise_open_files_limit(subscribers: int) -> None:
+    """Every stream holds a socket: make room for them (and some to spare), or say why not."""
+    needed = subscribers + 64
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= needed:
+        return
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        raise ConfigError(
+            f"--subscribers {subscribers} needs {needed} open files; the limit is {hard}"
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
+def _report(result: BenchResult) -> str:
+    own = " (its own hub)" if result.own_hub else ""
+    lat = result.latency_ms
+    lines = [
+        f"tidings bench on {result.url}{own}: {result.subscribers} streams, {result.events} events",
+        f"streams opened   {result.streams_opened}/{result.subscribers} in "
+        f"{result.open_seconds:.2f} s (p50 {result.open_ms['p50']:.1f} ms, "
+        f"p95 {result.open_ms['p95']:.1f} ms per stream"
+        + (f"; {result.streams_refused} waited after 429" if result.streams_refused else "")
+        + ")",
+        f"published        {result.published}/{result.events} in "
+        f"{result.publish_seconds:.2f} s"
+        + (f", {result.publish_errors} failed" if result.publish_errors else ""),
+        f"delivered        {result.delivered}/{result.expected} "
+        f"({100 * result.delivered_ratio:.2f}%)",
+        f"deliveries/s     {result.deliveries_per_second:,.0f}",
+        f"latency          p50 {lat['p50']:.1f} ms  p95 {lat['p95']:.1f} ms  "
+        f"p99 {lat['p99']:.1f} ms  max {lat['max']:.1f} ms",
+    ]
+    lines += [f"error            {error}" for error in result.errors]
+    return "\n".join(lines)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """``tidings bench``: run, print, and return 0 when everything was delivered, else 1.
+
+    Raises:
+        ConfigError: a bad flag value (exit code 2 from the CLI).
+        TidingsError: the hub cannot be reached or refused every stream.
+    """
+    if args.subscribers < 1:
+        raise ConfigError("--subscribers must be at least 1")
+    if args.events < 1:
+        raise ConfigError("--events must be at least 1")
+    if not args.rate > 0 or args.rate == float("inf"):
+        raise ConfigError("--rate must be a positive number of publishes per second")
+    if args.payload_bytes < 0:
+        raise ConfigError("--payload-bytes must be 0 or more")
+    if not args.timeout > 0:
+        raise ConfigError("--timeout must be positive")
+    if args.events / args.rate >= args.timeout:
+        raise ConfigError(
+            f"publishing {args.events} events at {args.rate:g}/s takes longer than "
+            f"--timeout {args.timeout:g}"
+        )
+    if args.topic is not None:
+        from tidings.topics import validate_topic
+
+        validate_topic(args.topic)
+    _raise_open_files_limit(args.subscribers)
+
+    def measure(url: str, own: bool) -> BenchResult:
+        return _run_loop(
+            bench(
+                url,
+                subscribers=args.subscribers,
+                events=args.events,
+                rate=args.rate,
+                payload_bytes=args.payload_bytes,
+                topic=args.topic,
+                token=args.token,
+                timeout=args.timeout,
+                own_hub=own,
+            )
+        )
+
+    if args.url is None:
+        with _own_hub() as url:
+            result = measure(url, True)
+    else:
+        result = measure(args.url, False)
+    if args.json:
+        import orjson
+
+        print(orjson.dumps(result.to_json()).decode())
+    else:
+        print(_report(result))
+    return 0 if result.complete else 1
+
+
+def _run_loop(main: Coroutine[Any, Any, BenchResult]) -> BenchResult:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency where it exists
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
