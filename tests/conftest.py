@@ -18,11 +18,16 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
+import pytest_asyncio
 
 from tidings.wire import EventParser, ServerSentEvent
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser, BrowserContext
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -384,3 +389,49 @@ async def tcp_proxy() -> AsyncIterator[Callable[[int], Awaitable[TcpProxy]]]:
     yield make
     for proxy in proxies:
         await proxy.aclose()
+
+
+# -- a real browser -------------------------------------------------------------------------
+
+#: The system's Chromium (Debian's package; `make test` installs it). Never a browser that
+#: playwright downloads: tests run offline.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def browser() -> AsyncIterator[Browser]:
+    """One headless Chromium for the run; each test opens its own context in it.
+
+    Playwright's async API, on the session's event loop: its sync API leaves its own loop
+    marked as running in the main thread, which would break every async test after it.
+    Browser tests therefore run with ``pytest.mark.asyncio(loop_scope="session")``.
+    """
+    if shutil.which(CHROMIUM) is None:
+        if IN_CI:
+            pytest.fail(f"{CHROMIUM} is not installed (make test installs it)")
+        pytest.skip(f"{CHROMIUM} is not installed")
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        await launched.close()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def browser_context(browser: Browser) -> AsyncIterator[BrowserContext]:
+    """A fresh browser profile (its own storage, cookies and tabs), closed afterwards."""
+    context = await browser.new_context()
+    context.set_default_timeout(15_000)
+    yield context
+    await context.close()

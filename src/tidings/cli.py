@@ -1,4 +1,5 @@
-"""The ``tidings`` command: ``serve``, ``publish``, ``tail``, ``token``.
+"""The ``tidings`` command: ``serve``, ``publish``, ``tail``, ``watch``, ``bench``, ``demo``,
+``token``.
 
 ``serve``'s flags are generated from :class:`~tidings.config.Settings`, so every setting has
 its flag and nothing else does (``tests/test_cli.py`` keeps them in step). Every failure is
@@ -98,6 +99,44 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--last-event-id", default=None, help="resume after this id")
     _add_client_flags(tail)
 
+    watch = commands.add_parser(
+        "watch",
+        help="show a task's progress live until it ends",
+        description="Show a task's progress (bar, rate, ETA, message, files) until it ends. "
+        "Exit code: 0 completed, 1 failed or cancelled, 2 cannot watch.",
+    )
+    watch.add_argument("task_id", metavar="TASK_ID")
+    watch.add_argument(
+        "--json", action="store_true", help="print the task's state after each event as JSON"
+    )
+    _add_client_flags(watch)
+
+    bench = commands.add_parser(
+        "bench",
+        help="a quick load check: N streams, M events, delivery and latency",
+        description="Open N streams, publish M events at a rate over /publish, and report "
+        "delivered/expected, deliveries/s, latency percentiles and stream-open time. Without "
+        "--url it runs its own `tidings serve` on a free loopback port. Exit code 1 when an "
+        "event was lost. The side-by-side comparison with other servers is `make bench`.",
+    )
+    from tidings.bench import add_bench_arguments
+
+    add_bench_arguments(bench)
+    _add_client_flags(bench, url_default=None)
+
+    demo = commands.add_parser(
+        "demo",
+        help="simulated tasks, chat and requests that make the dashboard move",
+        description="Publish simulated work through the Python publisher: a batch of images "
+        "with per-file updates, a job that fails halfway, a cancelled job, chat messages on "
+        "chat/general and request events on dashboard:requests. Without --url it starts "
+        "its own hub on 127.0.0.1 (memory store) and prints the dashboard's URL.",
+    )
+    demo.add_argument("--port", type=int, default=8000, help="port of its own hub (default: 8000)")
+    demo.add_argument("--speed", type=float, default=1.0, help="run N times as fast (default: 1)")
+    demo.add_argument("--once", action="store_true", help="run each task once, then exit")
+    _add_client_flags(demo, url_default=None)
+
     token = commands.add_parser(
         "token", help="mint a development JWT (HS256) signed with the hub's secret"
     )
@@ -126,12 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_client_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--url",
-        default=os.environ.get("TIDINGS_URL", DEFAULT_URL),
-        help=f"hub URL (default: $TIDINGS_URL or {DEFAULT_URL})",
-    )
+def _add_client_flags(
+    parser: argparse.ArgumentParser, *, url_default: str | None = DEFAULT_URL
+) -> None:
+    if url_default is None:
+        parser.add_argument("--url", default=None, help="hub URL (default: start one)")
+    else:
+        parser.add_argument(
+            "--url",
+            default=os.environ.get("TIDINGS_URL", url_default),
+            help=f"hub URL (default: $TIDINGS_URL or {url_default})",
+        )
     parser.add_argument(
         "--token",
         default=os.environ.get("TIDINGS_TOKEN"),
@@ -147,6 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "publish": _publish,
         "tail": _tail,
         "token": _token,
+        "watch": _watch,
+        "bench": _bench,
+        "demo": _demo,
     }
     try:
         return commands[args.command](args)
@@ -229,6 +276,61 @@ def _tail(args: argparse.Namespace) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
     return 0
+
+
+def _hub_url(url: str) -> str:
+    """``url`` if it can name a hub (``http(s)://host[:port][/prefix]``)."""
+    import httpx
+
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL:
+        parsed = None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ConfigError(f"invalid --url: {url!r} (expected e.g. http://127.0.0.1:8000)")
+    return url
+
+
+def _watch(args: argparse.Namespace) -> int:
+    from tidings.errors import LimitExceeded, NotAuthorized, TaskNotFound
+    from tidings.watch import run_watch
+
+    url = _hub_url(args.url)
+    try:
+        return run_watch(url, args.task_id, token=args.token, json=args.json)
+    except TaskNotFound:
+        message = f"no task {args.task_id!r} at {url}"
+        if args.token:
+            message += " (or the token may not see it)"
+    except NotAuthorized as exc:
+        message = exc.message
+        if exc.status == 401:
+            message += " (pass --token or set TIDINGS_TOKEN)"
+    except LimitExceeded as exc:
+        message = f"{exc.message} (retry in {exc.retry_after}s)"
+    except TidingsError as exc:
+        message = exc.message
+    print(f"tidings: {message}", file=sys.stderr)
+    return 2
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from tidings.bench import run_bench
+
+    if args.url is not None:
+        _hub_url(args.url)
+    return run_bench(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from tidings.demo import main as run_demo
+
+    url = None if args.url is None else _hub_url(args.url)
+    try:
+        return run_demo(url=url, token=args.token, port=args.port, speed=args.speed, once=args.once)
+    except KeyboardInterrupt:
+        print("tidings demo: stopped", file=sys.stderr)
+        return 0
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -12,6 +12,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tidings import __version__
+from tidings.web.dashboard import build_dashboard_router
 from tidings.web.errors import error_response, validation_message
 from tidings.web.routes import events_response, publish_response
 from tidings.web.task_routes import progress_response, task_id_of
@@ -35,6 +36,7 @@ def create_app(hub: Hub) -> FastAPI:
         redoc_url=None,
     )
     app.include_router(hub.router)
+    app.include_router(build_dashboard_router())  # GET /: the live dashboard
     # The standalone server's protocol finds the hub here (tidings.web.protocol).
     app.state.tidings_hub = hub
 

@@ -279,9 +279,12 @@ def build_router(hub: Hub) -> APIRouter:
             return error_response(503, "backend_unavailable", "the backend is unreachable")
         return {"status": "ready"}
 
+    from tidings.web.dashboard import build_client_router
     from tidings.web.task_routes import build_task_router
 
     router.include_router(build_task_router(hub))
+    # The browser client, so an embedded app serves it under its prefix too.
+    router.include_router(build_client_router())
     return router
 
 

@@ -1,0 +1,115 @@
+"""``tidings demo``: every workload reaches a real hub, and Ctrl-C ends it cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import httpx
+
+from tests.conftest import ServerProcess, SSEReader, free_port, open_sse
+from tidings.client import AsyncPublisher
+
+
+def demo_command(*args: str) -> list[str]:
+    # A test runner may start us with SIGINT ignored (a background job), and a child
+    # inherits that: give the demo the default handler, as a terminal would.
+    launcher = (
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+        "os.execv(sys.executable, [sys.executable, '-m', 'tidings', 'demo', *sys.argv[1:]])"
+    )
+    return [sys.executable, "-c", launcher, *args]
+
+
+def demo_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
+
+
+async def test_the_demo_publishes_every_workload_through_the_hub(
+    server: ServerProcess, http: httpx.AsyncClient
+) -> None:
+    async with AsyncPublisher(server.url) as pub:
+        start = await pub.publish("chat/general", "start", type="marker")
+        demo = await asyncio.create_subprocess_exec(
+            *demo_command("--url", server.url, "--once", "--speed", "25"),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=demo_env(),
+        )
+        out, err = await asyncio.wait_for(demo.communicate(), 60)
+        assert demo.returncode == 0, err.decode()
+        assert err == b""
+        assert f"the dashboard is at {server.url}/" in out.decode()
+        await pub.publish("chat/general", "end", type="marker")
+
+    tasks = {task["title"]: task for task in (await http.get("/tasks")).json()["tasks"]}
+    batch = tasks["Convert 12 images"]
+    assert batch["status"] == "completed"
+    statuses = sorted(state["status"] for state in batch["files"].values())
+    assert statuses == ["completed"] * 11 + ["failed"]
+    assert batch["result"] == {"converted": 11, "failed": 1}
+    failed = tasks["Re-index search"]
+    assert (failed["status"], failed["error"], failed["progress"]) == (
+        "failed",
+        "shard 3 is unreachable",
+        50.0,
+    )
+    cancelled = tasks["Export monthly report"]
+    assert (cancelled["status"], cancelled["error"]) == ("cancelled", "cancelled by a user")
+
+    # Chat and the request feed, read back from the hub's history.
+    params = httpx.QueryParams([("topic", "chat/general"), ("topic", "dashboard:requests")])
+    async with open_sse(http, params=params, headers={"Last-Event-ID": start}) as reader:
+        types = await types_until_marker(reader)
+    assert {"chat_message", "request_start", "request_complete"} <= types
+
+
+async def types_until_marker(reader: SSEReader) -> set[str]:
+    types: set[str] = set()
+    while (event := await reader.next()).event != "marker":
+        types.add(event.event)
+    return types
+
+
+def test_ctrl_c_stops_the_demo_and_its_hub_in_one_line() -> None:
+    port = free_port()
+    demo = subprocess.Popen(
+        demo_command("--port", str(port)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=demo_env(),
+    )
+    try:
+        assert demo.stdout is not None
+        # Once the first task is announced, the hub is up and work is under way.
+        while not (line := demo.stdout.readline()).startswith("  task "):
+            assert line, "the demo ended before it started a task"
+        demo.send_signal(signal.SIGINT)
+        out, err = demo.communicate(timeout=30)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    assert demo.returncode == 0
+    assert err == "tidings demo: stopped\n"
+    assert "Traceback" not in out
+    with socket.socket() as sock:  # its hub is gone too
+        assert sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_a_port_in_use_is_one_clear_line(server: ServerProcess) -> None:
+    demo = subprocess.run(
+        demo_command("--port", str(server.port)),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=demo_env(),
+        check=False,
+    )
+    assert demo.returncode == 2
+    assert demo.stderr.startswith(f"tidings: port {server.port} is in use")
+    assert demo.stderr.count("\n") == 1
