@@ -1,0 +1,11 @@
+"""``python -m examples.notifications``: serve the app on http://127.0.0.1:8000 ($PORT)."""
+
+from __future__ import annotations
+
+import os
+
+import uvicorn
+from examples.notifications.app import app
+
+if __name__ == "__main__":
+    uvicorn.run(app, host="127.0.0.1", port=int(os.environ.get("PORT", "8000")))
