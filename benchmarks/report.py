@@ -173,17 +173,18 @@ def markdown(data: dict[str, Any]) -> str:
     for scenario, subs, secs, rate in (
         ("B", plan["b_subs"], plan["b_seconds"], plan["b_rate"]),
         ("D", plan["d_subs"], plan["d_seconds"], plan["d_rate"]),
+        ("D2", plan["d_subs"], plan["d_seconds"], plan.get("d2_rate", 0)),
     ):
         rows = _by_server(results, scenario)
         if not rows:
             continue
         drefs = _refs(rows, deliveries)
         lrefs = _refs(rows, p99)
-        drain = plan[f"{scenario.lower()}_drain_ms"] / 1000
+        drain = plan[f"{scenario.lower()[:1]}_drain_ms"] / 1000
         out += [
             "",
-            f"## {scenario} — {subs:,} subscribers, {rate:.0f} publishes/s for {secs:.0f} s "
-            f"(then up to {drain:.0f} s to catch up)",
+            f"## {scenario} — {'capacity: ' if scenario == 'D2' else ''}{subs:,} subscribers, "
+            f"{rate:.0f} publishes/s for {secs:.0f} s (then up to {drain:.0f} s to catch up)",
             "",
         ]
         out += _table(

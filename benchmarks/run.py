@@ -62,6 +62,8 @@ IMAGES = ROOT / "docs" / "images"
 #: The whole run must end within 15 minutes; stop starting new runs after this.
 BUDGET_SECONDS = 14 * 60
 ALL_SCENARIOS = "A,B,C,D,E,F"
+#: D2 compares tidings with the bound (see ``Plan.d2_rate``).
+D2_SERVERS = ("tidings", "bare-uvloop")
 #: Debian packages the run uses, installed when missing and running as root.
 SYSTEM_PACKAGES = {
     "nginx": "nginx",
@@ -89,6 +91,11 @@ class Plan:
     d_seconds: float = 10.0
     d_rate: float = 10.0
     d_drain_ms: int = 5000
+    #: D2, D's capacity check: the same subscribers at this rate, against
+    #: :data:`D2_SERVERS`. At D's rate a server that keeps up delivers the offered load and
+    #: no more, so D's ratio cannot exceed offered / bare; D2 asks for more than either can
+    #: send one event per ``write`` (0 skips it).
+    d2_rate: float = 20.0
     e_tasks: int = 1000
     e_watchers: int = 5
     e_rate: float = 10.0
@@ -377,6 +384,26 @@ def scenario_d(run: Run) -> None:
                 mode="rate",
                 seconds=p.d_seconds,
                 rate=p.d_rate,
+                drain_ms=p.d_drain_ms,
+            ),
+        )
+    if not p.d2_rate:
+        return
+    for spec in run.servers:
+        if spec.name not in D2_SERVERS:
+            continue
+        run.attempt(
+            "D2",
+            spec.name,
+            p.d_seconds + p.d_drain_ms / 1000 + 25,
+            lambda spec=spec: fanout(  # type: ignore[misc]
+                run,
+                spec,
+                scenario="D2",
+                subs=p.d_subs,
+                mode="rate",
+                seconds=p.d_seconds,
+                rate=p.d2_rate,
                 drain_ms=p.d_drain_ms,
             ),
         )
