@@ -48,6 +48,29 @@ def test_tail_shows_what_publish_sends(server: ServerProcess) -> None:
     assert tail.returncode in (0, -15)
 
 
+def test_tail_json_prints_one_object_per_event_and_resumes(server: ServerProcess) -> None:
+    first = tidings("publish", "chat/general", '{"n": 1}', "--url", server.url).stdout.strip()
+    second = tidings("publish", "chat/general", '"two"', "--url", server.url).stdout.strip()
+    third = tidings("publish", "chat/other", "3", "--url", server.url).stdout.strip()
+    argv = ["tail", "chat/*", "--json", "--last-event-id", first, "--url", server.url]
+    tail = subprocess.Popen(
+        [sys.executable, "-u", "-m", "tidings", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert tail.stdout is not None
+        lines = [orjson.loads(tail.stdout.readline()) for _ in range(2)]
+    finally:
+        tail.terminate()
+        tail.communicate(timeout=10)
+    assert lines == [
+        {"id": second, "event": "message", "data": "two"},
+        {"id": third, "event": "message", "data": 3},
+    ]
+
+
 def _connections(server: ServerProcess) -> int:
     import httpx
 

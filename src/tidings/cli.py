@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     tail = commands.add_parser("tail", help="print the events of topics as they arrive")
     tail.add_argument("topics", nargs="+", metavar="TOPIC")
     tail.add_argument("--last-event-id", default=None, help="resume after this id")
+    tail.add_argument(
+        "--json",
+        action="store_true",
+        help='one JSON object per event: {"id", "event", "data"} (data parsed when JSON)',
+    )
     _add_client_flags(tail)
 
     watch = commands.add_parser(
@@ -271,11 +276,23 @@ def _tail(args: argparse.Namespace) -> int:
         async for event in subscribe(
             args.url, args.topics, last_event_id=args.last_event_id, token=args.token
         ):
-            print(f"{event.id}  {event.event}  {event.data}", flush=True)
+            if args.json:
+                line = orjson.dumps({"id": event.id, "event": event.event, "data": _data(event)})
+                print(line.decode(), flush=True)
+            else:
+                print(f"{event.id}  {event.event}  {event.data}", flush=True)
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
     return 0
+
+
+def _data(event: Any) -> Any:
+    """An event's data: parsed when it is JSON (tidings' own events are), else the text."""
+    try:
+        return orjson.loads(event.data)
+    except orjson.JSONDecodeError:
+        return event.data
 
 
 def _hub_url(url: str) -> str:
