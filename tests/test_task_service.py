@@ -524,3 +524,32 @@ async def test_tasks_survive_a_restart_and_streams_continue(tmp_path: Path) -> N
         stream.close()
     finally:
         await second.aclose()
+
+
+async def test_a_progress_report_writes_the_store_once(tmp_path: Path) -> None:
+    """The id of a report's event goes into the store with the task's next change; the
+    service's answers and streams carry it at once, and a terminal event's id is written
+    at once."""
+    url = f"sqlite:///{tmp_path / 'tasks.db'}"
+    hub = Hub(store=url)
+    await hub.start()
+    reader = open_store(load_settings(store=url))  # what another process sees in the file
+    await reader.start()
+    try:
+        task = await hub.tasks.create(owner="alice", total=3)
+        first = await hub.tasks.progress(task.task_id, current=1)
+        second = await hub.tasks.progress(task.task_id, current=2)
+        assert first.last_event_id != second.last_event_id
+        assert (await hub.tasks.get(task.task_id)).last_event_id == second.last_event_id
+        assert [t.last_event_id for t in await hub.tasks.list()] == [second.last_event_id]
+        stored = await reader.get(task.task_id)
+        assert stored.sequence == second.sequence
+        assert stored.last_event_id == first.last_event_id
+        stream = await task_stream(hub, task.task_id)
+        assert (await stream.next()).id == second.last_event_id
+        stream.close()
+        done = await hub.tasks.complete(task.task_id)
+        assert (await reader.get(task.task_id)).last_event_id == done.last_event_id
+    finally:
+        await reader.aclose()
+        await hub.aclose()

@@ -24,6 +24,15 @@ Decisions worth knowing before changing this file:
   never wait forever for a terminal event. (With a :class:`PublishingTaskStore` the change
   and its event stand or fall together: Redis down, nothing changed, the caller gets
   :class:`BackendUnavailable`.)
+- **One store write per change.** The id of a task's latest event is known only once its
+  event is appended, after the change is written. Writing it at once would make every
+  progress report two store writes (with SQLite, most of a report's cost), so the service
+  keeps it and the store gets it with the task's next change; a terminal event's id is
+  written at once, and ids still kept are written when the service closes. Every task this
+  service returns or streams carries its latest id. Other processes that share a SQLite
+  file see the id of the event before (with the memory backend their hubs do not hold this
+  hub's events anyway); a :class:`PublishingTaskStore` (Redis) writes change and id in
+  one step and keeps nothing here.
 - **Visibility.** A task may be changed by its owner, an admin, anyone when auth is off,
   and a principal allowed to publish on ``tasks/<id>`` (a worker's token); it may be read
   and streamed by those and by a principal allowed to subscribe to ``tasks/<id>``. Anyone
@@ -238,6 +247,8 @@ class TaskService:
         self._maintainer: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
         self._unpublished: set[str] = set()
+        #: Task id -> the id of its latest event, not yet in the store (see the module).
+        self._latest_ids: dict[str, str] = {}
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -267,6 +278,7 @@ class TaskService:
             self._maintainer = None
         if self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)
+        await self._write_latest_ids()
         store, self._store = self._store, None
         self._publishing = None
         if store is not None:
@@ -292,7 +304,7 @@ class TaskService:
             TaskNotFound: no such task, or ``principal`` may not see it.
         """
         _check_lookup_id(task_id)
-        task = await self.store.get(task_id)
+        task = self._current(await self.store.get(task_id))
         if not may_read(principal, task):
             raise TaskNotFound(f"no task {task_id}")
         return task
@@ -324,10 +336,12 @@ class TaskService:
             )
         store = self.store
         if principal is None or principal.unrestricted or principal.admin:
-            return await store.list(status=status, limit=limit)
-        if principal.user is None:
+            tasks = await store.list(status=status, limit=limit)
+        elif principal.user is None:
             return []
-        return await store.list(owner=principal.user, status=status, limit=limit)
+        else:
+            tasks = await store.list(owner=principal.user, status=status, limit=limit)
+        return [self._current(task) for task in tasks]
 
     async def count_active(self) -> int:
         """How many tasks are pending or running (0 before :meth:`start`)."""
@@ -516,7 +530,8 @@ class TaskService:
 
         async def apply() -> Task:
             async with self._locks.hold(task_id):
-                gone = await store.delete(task.task_id)
+                gone = self._current(await store.delete(task.task_id))
+                self._latest_ids.pop(task.task_id, None)
                 await self._announce_deleted(gone, reason)
                 return gone
 
@@ -530,8 +545,9 @@ class TaskService:
         """
         now = time.time() if now is None else now
         before = now - self._hub.settings.task_retention
-        gone = await self.store.purge(before)
+        gone = [self._current(task) for task in await self.store.purge(before)]
         for task in gone:
+            self._latest_ids.pop(task.task_id, None)
             async with self._locks.hold(task.task_id):
                 await self._announce_deleted(task, "expired")
         if gone:
@@ -573,7 +589,7 @@ class TaskService:
             )
         store = self.store
         async with self._locks.hold(task_id):
-            task = await store.get(task_id)
+            task = self._current(await store.get(task_id))
             if not may_read(principal, task):
                 raise TaskNotFound(f"no task {task_id}")
             if last_event_id and task.terminal and last_event_id == task.last_event_id:
@@ -582,7 +598,7 @@ class TaskService:
             async def opening(conn: Connection) -> None:
                 # Runs after the connection is in the hub's index, under this task's lock:
                 # nothing of this task is published between this read and live delivery.
-                await self._fill(conn, await store.get(task_id), last_event_id)
+                await self._fill(conn, self._current(await store.get(task_id)), last_event_id)
 
             return await self._hub.open_stream(
                 [f"tasks/{task_id}"],
@@ -667,7 +683,8 @@ class TaskService:
         def mutate(task: Task) -> Task:
             if not may_change(principal, task):
                 raise TaskNotFound(f"no task {task_id}")
-            new = transition(task)
+            # The previous event's id goes into the store with this change.
+            new = transition(self._current(task))
             # Too large or not JSON: refused before anything is written.
             drafted.append((new, self._draft(new, event(new))))
             return new
@@ -721,6 +738,12 @@ class TaskService:
         return await self._record(task, appended.id)
 
     async def _record(self, task: Task, event_id: str) -> Task:
+        """``task`` with ``event_id`` as its latest event id: kept until the task's next
+        change writes it, or written now when the task is finished (see the module)."""
+        if not task.terminal:
+            self._latest_ids[task.task_id] = event_id
+            return record_event_id(task, event_id)
+        self._latest_ids.pop(task.task_id, None)
         try:
             return await self.store.update(task.task_id, lambda t: record_event_id(t, event_id))
         except TaskNotFound:
@@ -728,6 +751,18 @@ class TaskService:
         except BackendUnavailable:
             logger.warning("task %s: could not record event id %s", task.task_id, event_id)
             return record_event_id(task, event_id)
+
+    def _current(self, task: Task) -> Task:
+        """``task`` (read from the store) with its latest event id."""
+        latest = self._latest_ids.get(task.task_id)
+        return task if latest is None else record_event_id(task, latest)
+
+    async def _write_latest_ids(self) -> None:
+        """Write the ids still kept (the service is closing)."""
+        latest, self._latest_ids = self._latest_ids, {}
+        for task_id, event_id in latest.items():
+            with contextlib.suppress(TaskNotFound, BackendUnavailable):
+                await self.store.update(task_id, lambda t, i=event_id: record_event_id(t, i))  # type: ignore[misc]
 
     async def _announce_deleted(self, task: Task, reason: str) -> None:
         self._unpublished.discard(task.task_id)
@@ -756,7 +791,7 @@ class TaskService:
                 if task_id not in self._unpublished:
                     continue
                 try:
-                    task = await store.get(task_id)
+                    task = self._current(await store.get(task_id))
                 except TaskNotFound:
                     self._unpublished.discard(task_id)
                     continue
