@@ -79,6 +79,12 @@ logger = logging.getLogger("tidings.backends.redis")
 
 #: Seconds an idempotency key is remembered (SPEC §3).
 IDEMPOTENCY_TTL: Final = 300.0
+#: After a reply of fewer entries than this, the reader waits ``COALESCE_SECONDS`` before
+#: it reads again: events then leave in fewer, larger flushes (one ``send`` per connection
+#: carries several), at the price of that wait in latency.
+COALESCE_BELOW = 16
+COALESCE_SECONDS = 0.002
+
 #: How long one ``XREAD`` waits for new events before it asks again.
 BLOCK_MS: Final = 5000
 #: Reconnect backoff of the reader: exponential from this, up to ``BACKOFF_CAP``, jittered.
@@ -701,6 +707,10 @@ class RedisBackend:
                     )
                     for _stream, entries in reply or ():
                         await self._consume(entries)
+                        if len(entries) < COALESCE_BELOW:
+                            # A short reply: let publishes gather in the log for a moment,
+                            # so that the next reply, and the flush after it, carry several.
+                            await asyncio.sleep(COALESCE_SECONDS)
                 return
             except asyncio.CancelledError:
                 raise
