@@ -22,8 +22,8 @@ run: $(STAMP)
 test: system-deps $(STAMP) check pytest
 
 check: $(STAMP)
-	$(BIN)/ruff check src tests examples benchmarks
-	$(BIN)/ruff format --check src tests examples benchmarks
+	$(BIN)/ruff check src tests examples benchmarks scripts
+	$(BIN)/ruff format --check src tests examples benchmarks scripts
 	$(BIN)/mypy
 
 pytest: $(STAMP)
@@ -31,8 +31,8 @@ pytest: $(STAMP)
 
 ## lint: auto-fix what ruff can
 lint: $(STAMP)
-	$(BIN)/ruff check --fix src tests examples benchmarks
-	$(BIN)/ruff format src tests examples benchmarks
+	$(BIN)/ruff check --fix src tests examples benchmarks scripts
+	$(BIN)/ruff format src tests examples benchmarks scripts
 
 ## system-deps: redis-server, chromium and nginx from Debian's packages, when missing (root)
 system-deps:

@@ -1,6 +1,6 @@
 """Regenerate docs/images/dashboard.png: the live dashboard, in a real browser.
 
-    .venv/bin/python scripts/screenshot.py
+    .venv/bin/python scripts/dashboard.py
 
 Starts `tidings serve` on a free port, runs `tidings demo` against it, opens the dashboard
 in the system's headless Chromium (through playwright; no browser is downloaded) and,

@@ -1,6 +1,6 @@
 """Regenerate docs/images/terminal.svg: a real `tidings tail` session, recorded.
 
-    .venv/bin/python docs/screenshot.py
+    .venv/bin/python scripts/terminal.py
 
 Starts `tidings serve` on a free port, runs `tidings tail` on a chat topic and on every
 task, publishes a few chat messages and runs a task through `Publisher.track()` (the
@@ -22,7 +22,7 @@ from rich.text import Text
 
 from tidings.client import Publisher
 
-HERE = Path(__file__).resolve().parent
+IMAGES = Path(__file__).resolve().parent.parent / "docs" / "images"
 
 
 def free_port() -> int:
@@ -77,8 +77,8 @@ def main() -> None:
         text.append(f"{kind:<16}", style="cyan")
         text.append(data if len(data) < 88 else data[:85] + "...")
         console.print(text)
-    (HERE / "images").mkdir(exist_ok=True)
-    console.save_svg(str(HERE / "images" / "terminal.svg"), title="tidings tail")
+    IMAGES.mkdir(exist_ok=True)
+    console.save_svg(str(IMAGES / "terminal.svg"), title="tidings tail")
 
 
 if __name__ == "__main__":
