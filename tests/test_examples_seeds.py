@@ -30,7 +30,7 @@ from tests.conftest import free_port, wait_for
 from tidings.wire import EventParser, ServerSentEvent
 
 if TYPE_CHECKING:
-    from playwright.async_api import BrowserContext, FilePayload
+    from playwright.async_api import BrowserContext, FilePayload, Page
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -459,6 +459,65 @@ async def test_notifications_reach_users_subscriptions_and_filters(
             assert stats["connections"]["by_user"] == {"123": 1, "456": 1}
 
 
+@pytest.mark.asyncio(loop_scope="session")  # the browser's loop
+async def test_notifications_page_shows_each_user_what_is_meant_for_them_in_chromium(
+    start_example: StartExample, browser_context: BrowserContext
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    example = start_example("examples.notifications", env={"PORT": str(port)})
+    example.wait_up(url + "/sse/healthz")
+    pages = {}
+    for user in ("123", "456", "1"):  # alice (pro plan), bob, the operator
+        page = await browser_context.new_page()
+        await page.goto(url + "/")
+        await page.select_option("#login select", user)
+        await page.click("#login button")
+        await page.wait_for_function("document.querySelector('#state').textContent === 'open'")
+        pages[user] = page
+    alice, bob, operator = pages["123"], pages["456"], pages["1"]
+
+    async def feed(page: Page) -> list[str]:
+        return await page.locator("#feed > div").all_text_contents()
+
+    # To everyone, from the operator's page.
+    await operator.fill("#notify input[name=title]", "Maintenance")
+    await operator.fill("#notify input[name=message]", "at noon")
+    await operator.select_option("#notify select[name=level]", "warning")
+    await operator.click("#notify button")
+    for page in (alice, bob, operator):
+        await page.wait_for_selector("#feed > div.warning")
+        assert await feed(page) == ["Maintenance: at noon"]
+    # A filter: connected users on the pro plan (alice) only.
+    await operator.fill("#notify input[name=title]", "Pro")
+    await operator.fill("#notify input[name=message]", "new feature")
+    await operator.select_option("#notify select[name=level]", "success")
+    await operator.select_option("#notify select[name=target]", "pro")
+    await operator.click("#notify button")
+    await alice.wait_for_selector("#feed > div.success")
+    # A private message from bob to alice, and the last word: bob's own broadcast marker.
+    await bob.fill("#send input[name=recipient]", "123")
+    await bob.fill("#send input[name=text]", "lunch?")
+    await bob.click("#send button")
+    await alice.wait_for_function("document.querySelectorAll('#feed > div').length === 3")
+    assert (await feed(alice))[0] == "message from 456: lunch?"
+    await operator.fill("#notify input[name=title]", "End")
+    await operator.fill("#notify input[name=message]", "of test")
+    await operator.select_option("#notify select[name=level]", "info")
+    await operator.select_option("#notify select[name=target]", "all")
+    await operator.click("#notify button")
+    for page in (alice, bob, operator):
+        await page.wait_for_function(
+            "document.querySelector('#feed > div').textContent === 'End: of test'"
+        )
+    # Bob and the operator never saw alice's filtered notice or her private message.
+    assert await feed(bob) == ["End: of test", "Maintenance: at noon"]
+    assert await feed(operator) == ["End: of test", "Maintenance: at noon"]
+    assert len(await feed(alice)) == 4
+    for page in pages.values():
+        await page.close()
+
+
 # -- seed 002: FastAPI + Celery, in Chromium --------------------------------------------------
 
 
@@ -625,6 +684,40 @@ async def test_observability_reports_every_request_bounds_slow_dashboards_and_sh
         example.proc.send_signal(signal.SIGTERM)
         assert await dashboard.rest(timeout=20) == []
     assert example.proc.wait(20) in (0, -signal.SIGTERM)
+
+
+@pytest.mark.asyncio(loop_scope="session")  # the browser's loop
+async def test_observability_page_shows_requests_as_they_happen_in_chromium(
+    start_example: StartExample, browser_context: BrowserContext
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    example = start_example("examples.observability", env={"PORT": str(port)})
+    example.wait_up(url + "/sse/healthz")
+    page = await browser_context.new_page()
+    await page.goto(url + "/dashboard")
+    await page.wait_for_function("document.querySelector('#state').textContent === 'open'")
+    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+        assert (await http.get("/api/items")).status_code == 200
+        await page.wait_for_function("document.querySelector('#total').textContent === '1'")
+        slow = asyncio.create_task(http.get("/api/slow", params={"ms": 1500}))
+        # A request still running shows as running, and counts in flight.
+        await page.wait_for_function("document.querySelector('#inflight').textContent === '1'")
+        running = page.locator("#rows tr.running")
+        assert await running.locator("td").nth(2).text_content() == "/api/slow"
+        assert (await slow).status_code == 200
+        await page.wait_for_function("document.querySelector('#inflight').textContent === '0'")
+        assert (await http.get("/api/boom")).status_code == 500
+        await page.wait_for_function("document.querySelector('#errors').textContent === '1'")
+        created = await http.post("/api/items", json={"name": "lamp"})
+        assert created.status_code == 201
+        await page.wait_for_function(
+            "document.querySelector('#app-event').textContent.startsWith('item_created')"
+        )
+    rows = await page.locator("#rows tr td:nth-child(3)").all_text_contents()
+    assert rows == ["/api/items", "/api/boom", "/api/slow", "/api/items"]
+    assert await page.locator("#rows tr.error td:nth-child(3)").all_text_contents() == ["/api/boom"]
+    await page.close()
 
 
 # -- seed 004: batch image processing, in Chromium --------------------------------------------
