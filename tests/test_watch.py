@@ -12,7 +12,8 @@ import os
 import pty
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -269,3 +270,40 @@ def test_watch_in_a_terminal_draws_the_task_and_exits_0(hub: ServerProcess) -> N
     assert "b.png" in text
     assert "completed in " in text
     assert "\x1b[" in text  # drawn with terminal control codes, not plain lines
+
+
+def test_watch_goes_on_across_a_hub_restart_and_ends_with_the_task(
+    server_factory: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    # Tasks in SQLite survive the restart; the memory backend's history does not, so the
+    # watch comes back to the task's state (a snapshot), then follows it to its end.
+    hub = server_factory("--store", f"sqlite:///{tmp_path / 'tasks.db'}", "--retry", "200")
+    task_id = create_task(hub, total=4)
+    change(hub, task_id, "progress", {"current": 1})
+    watch = subprocess.Popen(
+        [sys.executable, "-u", "-m", "tidings", "watch", task_id, "--json", "--url", hub.url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert watch.stdout is not None
+        first = orjson.loads(watch.stdout.readline())
+        assert (first["status"], first["current"]) == ("running", 1)
+        hub.restart()
+        wait_for(lambda: watchers(hub, task_id) == 1, 20, "the watch to come back")
+        change(hub, task_id, "progress", {"current": 3})
+        change(hub, task_id, "complete", {"result": {"n": 4}})
+        out, err = watch.communicate(timeout=30)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.communicate()
+    states = [first] + [orjson.loads(line) for line in out.splitlines()]
+    assert watch.returncode == 0, err
+    assert states[-1]["event"] == "task_completed"
+    assert states[-1]["result"] == {"n": 4}
+    currents = [state["current"] for state in states]
+    assert currents == sorted(currents)
+    assert 3 in currents
+    assert "Traceback" not in err
