@@ -370,43 +370,30 @@ def scenario_c(run: Run) -> None:
 
 
 def scenario_d(run: Run) -> None:
+    """D against every server, then D2 (D at ``d2_rate``) against :data:`D2_SERVERS`."""
     p = run.plan
-    for spec in run.servers:
-        run.attempt(
-            "D",
-            spec.name,
-            p.d_seconds + p.d_drain_ms / 1000 + 25,
-            lambda spec=spec: fanout(  # type: ignore[misc]
-                run,
-                spec,
-                scenario="D",
-                subs=p.d_subs,
-                mode="rate",
-                seconds=p.d_seconds,
-                rate=p.d_rate,
-                drain_ms=p.d_drain_ms,
-            ),
-        )
-    if not p.d2_rate:
-        return
-    for spec in run.servers:
-        if spec.name not in D2_SERVERS:
-            continue
-        run.attempt(
-            "D2",
-            spec.name,
-            p.d_seconds + p.d_drain_ms / 1000 + 25,
-            lambda spec=spec: fanout(  # type: ignore[misc]
-                run,
-                spec,
-                scenario="D2",
-                subs=p.d_subs,
-                mode="rate",
-                seconds=p.d_seconds,
-                rate=p.d2_rate,
-                drain_ms=p.d_drain_ms,
-            ),
-        )
+    runs = [("D", p.d_rate, [spec.name for spec in run.servers])]
+    if p.d2_rate:
+        runs.append(("D2", p.d2_rate, list(D2_SERVERS)))
+    for scenario, rate, names in runs:
+        for spec in run.servers:
+            if spec.name not in names:
+                continue
+            run.attempt(
+                scenario,
+                spec.name,
+                p.d_seconds + p.d_drain_ms / 1000 + 25,
+                lambda spec=spec, scenario=scenario, rate=rate: fanout(  # type: ignore[misc]
+                    run,
+                    spec,
+                    scenario=scenario,
+                    subs=p.d_subs,
+                    mode="rate",
+                    seconds=p.d_seconds,
+                    rate=rate,
+                    drain_ms=p.d_drain_ms,
+                ),
+            )
 
 
 def scenario_e(run: Run) -> None:

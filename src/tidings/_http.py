@@ -77,6 +77,8 @@ class _Shared:
     access_log: bool
     asgi_version: str
     #: The address every connection is made to, when the server listens on one address.
+    #: Taken from the settings: the server must bind ``config.host:config.port`` itself,
+    #: as ``tidings serve`` does (with or without ``--workers``), not be handed sockets.
     address: tuple[str, int] | None
 
 

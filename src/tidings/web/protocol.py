@@ -36,7 +36,7 @@ from starlette.responses import Response
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from tidings._http import GuardedHttpToolsProtocol
-from tidings.web.routes import events_response
+from tidings.web.routes import events_response, header
 from tidings.web.streaming import EventStreamResponse
 from tidings.web.task_routes import task_id_of, task_stream_response
 
@@ -236,8 +236,7 @@ class StreamingProtocol(GuardedHttpToolsProtocol):
         hub = self._hub
         if hub is None or not hub.settings.cors_origin:
             return []
-        origin = next((v for n, v in scope["headers"] if n == b"origin"), None)
-        return cors_headers(hub.settings.cors_origin, origin)
+        return cors_headers(hub.settings.cors_origin, header(scope, b"origin"))
 
     def _log_access(self, scope: dict[str, Any], status: int) -> None:
         if not self.access_log or not self.access_logger.isEnabledFor(logging.INFO):

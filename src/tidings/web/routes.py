@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import QueryParams
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
+from starlette.types import Scope
 
 from tidings.errors import BadRequest, InvalidEvent, InvalidTopic, NotAuthorized, RequestTooLarge
 from tidings.hub import check_patterns
@@ -124,9 +125,9 @@ async def events_response(hub: Hub, request: Request) -> Response:
         ip = client_ip(request)
         hub.limits.check_connect(ip)
         patterns, resume = _stream_query(request.scope["query_string"])
-        sent = header(request, b"last-event-id")
+        sent = header(request.scope, b"last-event-id")
         if sent is not None:
-            resume = sent
+            resume = sent.decode("latin-1")
         principal = await resolve_principal(hub, request)
         conn = await hub.open_stream(
             patterns, principal=principal, last_event_id=resume or None, ip=ip
@@ -162,11 +163,11 @@ def _parse_stream_query(query: bytes) -> tuple[tuple[str, ...], str | None]:
 _remembered_stream_query = functools.lru_cache(maxsize=1024)(_parse_stream_query)
 
 
-def header(request: Request, name: bytes) -> str | None:
-    """The first value of header ``name`` (lower case), without building the headers map."""
-    for key, value in request.scope["headers"]:
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of header ``name`` (lower case), without building a headers map."""
+    for key, value in scope["headers"]:
         if key == name:
-            return value.decode("latin-1")  # type: ignore[no-any-return]
+            return value  # type: ignore[no-any-return]
     return None
 
 
