@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import Counter
 from collections.abc import AsyncIterator
 
@@ -10,10 +11,10 @@ import orjson
 import pytest
 
 from tidings.auth.principal import Principal
-from tidings.connection import Connection
+from tidings.connection import HIGH_WATER, Connection
 from tidings.errors import InvalidTopic, NotAuthorized, ShuttingDown
 from tidings.events import make_draft
-from tidings.hub import FLUSH_BATCH, Hub
+from tidings.hub import BACKLOG_RETRY, FLUSH_BATCH, Hub
 from tidings.wire import EventParser, ServerSentEvent
 
 
@@ -203,24 +204,103 @@ async def open_direct(hub: Hub, topics: list[str]) -> tuple[Connection, Recordin
 
 
 async def settle(hub: Hub) -> None:
-    """Let the hub's flush passes run to the end."""
+    """Let the hub's write-through and flush passes run to the end."""
     for _ in range(100):
         await asyncio.sleep(0)
-        if not hub._dirty:
+        if not hub._dirty and hub._pass is None:
             return
     raise AssertionError("the flush never finished")
 
 
-async def test_direct_streams_get_one_write_per_tick(hub: Hub) -> None:
+async def test_an_idle_hub_writes_an_event_through_and_queues_the_rest_of_the_tick(
+    hub: Hub,
+) -> None:
     conn, transport = await open_direct(hub, ["t"])
     await settle(hub)
     transport.writes.clear()
     ids = [await hub.publish("t", i) for i in range(3)]
-    await settle(hub)
+    # The first event left at once, with no flush pass; the others wait for the flush.
     assert len(transport.writes) == 1
-    assert [e.id for e in chunk_events(transport.writes[0])] == ids
+    assert [e.id for e in chunk_events(transport.writes[0])] == ids[:1]
     assert conn.last_id == ids[-1]
+    await settle(hub)
+    # The events that arrived together leave together: one write.
+    assert len(transport.writes) == 2
+    assert [e.id for e in chunk_events(transport.writes[1])] == ids[1:]
     assert hub.statistics().delivered == 3
+    # Idle again: the next event is written through.
+    later = await hub.publish("t", 3)
+    assert [e.id for e in chunk_events(transport.writes[-1])] == [later]
+    assert conn.queued == 0
+
+
+async def test_a_write_through_pass_yields_between_batches_and_keeps_order() -> None:
+    hub = Hub(store="memory", keepalive=60, shutdown_grace=0, max_connections_per_ip=0)
+    await hub.start()
+    try:
+        streams = [await open_direct(hub, ["t"]) for _ in range(2 * FLUSH_BATCH + 10)]
+        await settle(hub)
+        for _, transport in streams:
+            transport.writes.clear()
+        first = await hub.publish("t", 1)
+        # One batch at once, the next one per loop iteration.
+        assert sum(len(t.writes) for _, t in streams) == FLUSH_BATCH
+        await asyncio.sleep(0)
+        assert sum(len(t.writes) for _, t in streams) == 2 * FLUSH_BATCH
+        # A stream opened meanwhile is not in the pass: it subscribed after the event.
+        late, late_transport = await open_direct(hub, ["t"])
+        second = await hub.publish("t", 2)
+        await settle(hub)
+        for _, transport in streams:
+            assert [e.id for e in chunk_events(b"".join(transport.writes))] == [first, second]
+        # The connections the pass had not reached got both events in one write.
+        writes = Counter(len(transport.writes) for _, transport in streams)
+        assert writes == {2: 2 * FLUSH_BATCH, 1: 10}
+        assert [e.id for e in chunk_events(b"".join(late_transport.writes))] == [second]
+        assert late.last_id == second
+        assert hub.statistics().delivered == 2 * len(streams) + 1
+    finally:
+        await hub.aclose()
+
+
+async def test_a_stream_ended_during_a_write_through_pass_gets_its_event_first() -> None:
+    hub = Hub(store="memory", keepalive=60, shutdown_grace=5, max_connections_per_ip=0)
+    await hub.start()
+    try:
+        ended: list[Connection] = []
+        streams = []
+        for _ in range(FLUSH_BATCH + 5):
+            conn, transport = await open_direct(hub, ["t"])
+            conn.attach(transport, functools.partial(ended.append, conn))
+            streams.append((conn, transport))
+        await settle(hub)
+        for _, transport in streams:
+            transport.writes.clear()
+        event_id = await hub.publish("t", "last words")
+        hub.begin_shutdown()  # before the pass reached the last five connections
+        await settle(hub)
+        for conn, transport in streams:
+            assert [e.id for e in chunk_events(b"".join(transport.writes))] == [event_id]
+            assert conn.close_reason == "shutdown"
+        assert len(ended) == len(streams)
+    finally:
+        await hub.aclose()
+
+
+async def test_a_full_transport_gets_no_write_through(hub: Hub) -> None:
+    slow, slow_transport = await open_direct(hub, ["t"])
+    fast, fast_transport = await open_direct(hub, ["t"])
+    await settle(hub)
+    slow_transport.buffered = HIGH_WATER + 1
+    event_id = await hub.publish("t", 1)
+    assert [e.id for e in chunk_events(fast_transport.writes[-1])] == [event_id]
+    assert slow.queued == 1
+    await settle(hub)
+    assert slow.queued == 1  # kept in the queue (conflated, bounded) until it drains
+    slow_transport.buffered = 0
+    await asyncio.sleep(BACKLOG_RETRY * 3)
+    assert [e.id for e in chunk_events(slow_transport.writes[-1])] == [event_id]
+    assert fast.queued == slow.queued == 0
 
 
 async def test_a_long_flush_pass_takes_later_events_along() -> None:
@@ -233,16 +313,22 @@ async def test_a_long_flush_pass_takes_later_events_along() -> None:
         await settle(hub)
         for _, transport in streams:
             transport.writes.clear()
+        # Two events in one tick: the first is written through to one batch, then the
+        # second arrives and both are queued on the 100 the pass had not reached; the
+        # second is queued on the 500 others. The hub is busy: the flush writes 500.
+        zero = await hub.publish("t", 0)
         first = await hub.publish("t", 1)
-        await asyncio.sleep(0)  # one batch is written
+        await asyncio.sleep(0)  # one flush batch: the 100, then 400 of the others
         second = await hub.publish("t", 2)
         await settle(hub)
         writes = Counter(len(transport.writes) for _, transport in streams)
-        assert writes == {2: FLUSH_BATCH, 1: 100}
+        # The last 100 of the flush list had not been written when the third event came:
+        # it left with the second in one write.
+        assert writes == {2: 200, 3: FLUSH_BATCH - 100}
         for _, transport in streams:
             events = chunk_events(b"".join(transport.writes))
-            assert [e.id for e in events] == [first, second]
-        assert hub.statistics().delivered == 2 * len(streams)
+            assert [e.id for e in events] == [zero, first, second]
+        assert hub.statistics().delivered == 3 * len(streams)
     finally:
         await hub.aclose()
 

@@ -10,6 +10,10 @@ Decisions worth knowing before changing this file:
   dirty; the hub then flushes every dirty connection once, in one callback, at the next
   tick. So the events of one tick reach a connection in one write, and no task wakes up
   per event.
+- An idle hub skips the queue: :func:`write_through` writes an event straight to each
+  direct connection that has nothing queued and room in its transport (see
+  ``Hub._dispatch``). A connection with frames queued always gets the next event queued
+  behind them, so the two paths never reorder a stream.
 - Two ways to write, chosen by the web layer when the stream starts:
 
   * **direct** (under uvicorn): the connection writes HTTP chunks straight to the server's
@@ -43,7 +47,7 @@ from tidings.events import Event
 if TYPE_CHECKING:
     from tidings.hub import Hub
 
-__all__ = ["HIGH_WATER", "CloseReason", "Connection", "fan_out"]
+__all__ = ["HIGH_WATER", "CloseReason", "Connection", "fan_out", "write_through"]
 
 #: Why a stream ends. ``slow`` and ``client`` end it at once; the others flush first.
 CloseReason = Literal["end", "shutdown", "max_age", "auth_expired", "slow", "client", "gone"]
@@ -225,6 +229,9 @@ class Connection:
 
     def close(self, reason: CloseReason) -> None:
         """End the stream: ``slow``/``client`` at once, other reasons after a flush."""
+        # Every event dispatched before the end is queued first (a write-through pass may
+        # not have reached this connection yet).
+        self._hub._settle_pass()
         if self.close_reason is None or reason in ("slow", "client"):
             self.close_reason = reason
         self.holding = False
@@ -433,6 +440,33 @@ def fan_out(event: Event, conns: Iterable[Connection], dirty: list[Connection]) 
         else:
             conn.push(event)
     return grew
+
+
+def write_through(event: Event, conns: Iterable[Connection], now: float) -> int:
+    """Write ``event`` at once to each idle connection of ``conns``; queue it on the others.
+
+    The hub's dispatch when it has been idle (see ``Hub._dispatch``): a direct, released,
+    open connection with nothing queued and room in its transport gets the event's shared
+    chunk in one ``write`` here, with no queue, no dirty mark and no second pass. Any other
+    connection gets it through :meth:`Connection.push`, in order behind what it holds.
+    ``event`` must be for everyone and not conflatable (the caller checks). ``now`` is the
+    monotonic time of the pass; returns the events written.
+    """
+    chunk = event.chunk
+    seq = event.seq
+    ident = event.id
+    written = 0
+    for conn in conns:
+        if conn._plain and not conn._queue and seq > conn.min_seq:
+            transport = conn._transport
+            if not transport.is_closing() and transport.get_write_buffer_size() <= HIGH_WATER:
+                transport.write(chunk)
+                conn.last_id = ident
+                conn.last_write = now
+                written += 1
+                continue
+        conn.push(event)
+    return written
 
 
 def _chunk(frame: bytes) -> bytes:

@@ -3,7 +3,8 @@
 One data path for everyone: HTTP publishes, in-process ``hub.publish`` calls and the task
 service all end in :meth:`Hub.append`, which hands the draft to the backend; the backend
 gives it its id and calls :meth:`Hub._dispatch` on every node; dispatch looks the topic up in
-the subscription index and pushes the shared frame onto each matching connection.
+the subscription index and writes the shared frame through to each matching connection when
+the hub is idle, or queues it on each to be flushed in batches when the hub is busy.
 
 Background work has one owner: :meth:`Hub.start` starts the backend and a single ticker task
 (keep-alive, maximum age, token expiry, resumes waiting for the backend), and
@@ -32,7 +33,7 @@ from tidings.auth.jwt import JWTVerifier
 from tidings.auth.principal import ANONYMOUS, Principal
 from tidings.backends.base import Appended, Backend, Replay
 from tidings.config import Settings, load_settings
-from tidings.connection import Connection, fan_out
+from tidings.connection import Connection, fan_out, write_through
 from tidings.errors import BackendUnavailable, InvalidTopic, NotAuthorized, ShuttingDown
 from tidings.events import MAX_ID_BYTES, Draft, Event, EventId, make_draft
 from tidings.limits import Limits
@@ -54,6 +55,8 @@ logger = logging.getLogger("tidings.hub")
 MAX_TOPICS = 32
 #: Connections written per loop iteration by a flush pass (see ``Hub._flush``).
 FLUSH_BATCH = 500
+#: The rest of a write-through pass that reached every connection at once.
+_NOTHING: list[Connection] = []
 #: Seconds between retries of connections whose transport is full (direct writes).
 BACKLOG_RETRY = 0.05
 #: Topic prefix whose events only the task service writes.
@@ -157,6 +160,10 @@ class Hub:
         #: Connections to write, in order (each at most once: see ``Connection._dirty``).
         self._dirty: list[Connection] = []
         self._flush_handle: asyncio.Handle | None = None
+        #: A write-through pass in progress: its event, the connections it had matched,
+        #: and the position of the next batch (see ``Hub._dispatch``).
+        self._pass: tuple[Event, list[Connection], int] | None = None
+        self._pass_handle: asyncio.Handle | None = None
         #: The loop the hub runs on, from :meth:`start` (``asyncio.get_running_loop()``
         #: makes a ``getpid`` system call on every call, and this is the hot path).
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -196,6 +203,7 @@ class Hub:
         self.begin_shutdown()
         await self.wait_streams_closed(self.settings.shutdown_grace)
         self._running = False
+        self._settle_pass()
         for handle in (self._flush_handle, self._backlog_handle, self._grace_handle):
             if handle is not None:
                 handle.cancel()
@@ -357,9 +365,71 @@ class Hub:
         self._stats.published += 1
 
     def _dispatch(self, event: Event) -> None:
-        """Queue ``event`` on every matching connection (called by the backend)."""
-        grew = fan_out(event, self._index.match(event.topic), self._dirty)
+        """Send ``event`` to every matching connection (called by the backend).
+
+        When the hub is idle (nothing waits to be flushed, no pass under way), an event for
+        everyone is written through: straight to each connection's transport,
+        :data:`FLUSH_BATCH` connections per loop iteration, with no queue and no second
+        pass. An event that arrives while such a pass is under way (or in the loop
+        iteration after it) first queues the pass's event on the connections it has not
+        reached, and is queued itself: while the hub is busy, events are queued on each
+        connection and flushed in batches (:meth:`_flush`), so the events of a busy moment
+        leave together, one ``write`` per connection. Either way each connection sees the
+        events in order.
+        """
+        through = (
+            self._pass is None
+            and self._flush_handle is None
+            and event.users is None
+            and not event.conflatable
+        )
+        self._settle_pass()
+        conns = self._index.match(event.topic)
+        if through:
+            if len(conns) <= FLUSH_BATCH:
+                self._stats.delivered += write_through(event, conns, time.monotonic())
+                self._pass = (event, _NOTHING, 0)
+            else:
+                snapshot = list(conns)
+                batch = snapshot[:FLUSH_BATCH]
+                self._stats.delivered += write_through(event, batch, time.monotonic())
+                self._pass = (event, snapshot, FLUSH_BATCH)
+            self._pass_handle = self._running_loop().call_soon(self._write_pass)
+            return
+        grew = fan_out(event, conns, self._dirty)
         if grew and self._flush_handle is None:
+            self._flush_handle = self._running_loop().call_soon(self._flush)
+
+    def _write_pass(self) -> None:
+        """Write the next :data:`FLUSH_BATCH` connections of the pass through.
+
+        The pass ends one loop iteration after its last batch, so that the events which
+        arrive together are queued together.
+        """
+        self._pass_handle = None
+        current = self._pass
+        if current is None:
+            return
+        event, conns, start = current
+        if start >= len(conns):
+            self._pass = None
+            return
+        end = start + FLUSH_BATCH
+        self._stats.delivered += write_through(event, conns[start:end], time.monotonic())
+        self._pass = (event, conns, end)
+        self._pass_handle = self._running_loop().call_soon(self._write_pass)
+
+    def _settle_pass(self) -> None:
+        """Queue the pass's event on the connections it has not reached (if one is on)."""
+        current = self._pass
+        if current is None:
+            return
+        self._pass = None
+        if self._pass_handle is not None:
+            self._pass_handle.cancel()
+            self._pass_handle = None
+        event, conns, start = current
+        if fan_out(event, conns[start:], self._dirty) and self._flush_handle is None:
             self._flush_handle = self._running_loop().call_soon(self._flush)
 
     # -- direct writes -------------------------------------------------------------------
