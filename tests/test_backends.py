@@ -33,7 +33,7 @@ class Node:
         self.delivered: list[Event] = []
         self._changed = asyncio.Event()
 
-    def deliver(self, event: Event) -> None:
+    def deliver(self, event: Event, more: bool = False) -> None:
         self.delivered.append(event)
         self._changed.set()
 
@@ -549,7 +549,7 @@ async def test_no_redis_error_escapes_unmapped(
         sock.bind(("127.0.0.1", 0))
         closed_port = sock.getsockname()[1]
     dead = RedisBackend(f"redis://127.0.0.1:{closed_port}/0")
-    await dead.start(lambda event: None)  # starts anyway; the reader keeps retrying
+    await dead.start(lambda event, more=False: None)  # starts anyway; the reader keeps retrying
     try:
         assert await dead.ping() is False
         calls: list[Callable[[], Awaitable[object]]] = [

@@ -13,7 +13,7 @@ import pytest
 from tidings.auth.principal import Principal
 from tidings.connection import HIGH_WATER, Connection
 from tidings.errors import InvalidTopic, NotAuthorized, ShuttingDown
-from tidings.events import make_draft
+from tidings.events import Event, EventId, make_draft
 from tidings.hub import BACKLOG_RETRY, FLUSH_BATCH, Hub
 from tidings.wire import EventParser, ServerSentEvent
 
@@ -232,6 +232,21 @@ async def test_an_idle_hub_writes_an_event_through_and_queues_the_rest_of_the_ti
     later = await hub.publish("t", 3)
     assert [e.id for e in chunk_events(transport.writes[-1])] == [later]
     assert conn.queued == 0
+
+
+async def test_a_batch_from_the_backend_leaves_in_one_write(hub: Hub) -> None:
+    # A backend that delivers several events at once (a batch read from Redis) says so;
+    # the hub queues them together instead of writing the first one through.
+    _, transport = await open_direct(hub, ["t"])
+    await settle(hub)
+    transport.writes.clear()
+    events = [Event.from_draft(make_draft("t", i), EventId("e", 100 + i)) for i in range(3)]
+    for i, event in enumerate(events):
+        hub._dispatch(event, i < len(events) - 1)
+    assert transport.writes == []
+    await settle(hub)
+    assert len(transport.writes) == 1
+    assert [e.id for e in chunk_events(transport.writes[0])] == [e.id for e in events]
 
 
 async def test_a_write_through_pass_yields_between_batches_and_keeps_order() -> None:

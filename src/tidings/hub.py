@@ -364,7 +364,7 @@ class Hub:
         """
         self._stats.published += 1
 
-    def _dispatch(self, event: Event) -> None:
+    def _dispatch(self, event: Event, more: bool = False) -> None:
         """Send ``event`` to every matching connection (called by the backend).
 
         When the hub is idle (nothing waits to be flushed, no pass under way), an event for
@@ -375,10 +375,12 @@ class Hub:
         reached, and is queued itself: while the hub is busy, events are queued on each
         connection and flushed in batches (:meth:`_flush`), so the events of a busy moment
         leave together, one ``write`` per connection. Either way each connection sees the
-        events in order.
+        events in order. ``more`` (from the backend: more events follow at once) queues the
+        event, so that a batch leaves together too.
         """
         through = (
-            self._pass is None
+            not more
+            and self._pass is None
             and self._flush_handle is None
             and event.users is None
             and not event.conflatable

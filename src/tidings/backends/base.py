@@ -7,7 +7,7 @@ idempotency keys, and hands every event, published on any node, to every node's 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -15,8 +15,16 @@ from tidings.events import Draft, Event
 
 __all__ = ["Appended", "Backend", "Deliver", "Gap", "Replay"]
 
+
 #: Called by the backend with every event of the hub, in id order, on the event loop.
-Deliver = Callable[[Event], None]
+class Deliver(Protocol):
+    """The hub's dispatch, which a backend calls with every event, in order.
+
+    ``more`` says that the backend delivers further events at once (a batch read from
+    Redis): the hub then queues the events together instead of writing the first through.
+    """
+
+    def __call__(self, event: Event, more: bool = False) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -755,7 +755,8 @@ class RedisBackend:
         missing events are recovered from the topic histories first.
         """
         deliver = self._deliver
-        for entry_id, fields in entries:
+        last_entry = len(entries) - 1
+        for index, (entry_id, fields) in enumerate(entries):
             try:
                 epoch = _text(fields[b"e"])
                 seq = int(fields[b"s"])
@@ -780,7 +781,7 @@ class RedisBackend:
                 self._high_seq = seq
             if deliver is not None:
                 try:
-                    deliver(event)
+                    deliver(event, index < last_entry)
                 except Exception:
                     logger.exception("deliver failed for event %s", event.id)
 
@@ -813,7 +814,7 @@ class RedisBackend:
         for event in found:
             if deliver is not None:
                 try:
-                    deliver(event)
+                    deliver(event, True)
                 except Exception:
                     logger.exception("deliver failed for event %s", event.id)
 
