@@ -279,7 +279,8 @@ def markdown(data: dict[str, Any]) -> str:
                         "progress updates accepted",
                         f"{r['progress_ok']:,} ({r['progress_ok_per_second']:,.0f}/s of "
                         f"{r['progress_target_per_second']:,.0f}/s asked; "
-                        f"{r['skipped_window_full']:,} not sent: server busy)",
+                        f"{r['skipped_window_full']:,} not sent: the server had not answered "
+                        "the ones before)",
                     ],
                     ["progress errors", str(r["progress_errors"] + r["final_errors"])],
                     ["server µs CPU per task update", _num(r["us_cpu_per_task_update"])],

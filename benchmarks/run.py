@@ -101,6 +101,12 @@ class Plan:
     e_rate: float = 10.0
     e_seconds: float = 10.0
     e_drain_ms: int = 15_000
+    #: E's workers: connections, each with up to ``e_window`` pipelined progress requests.
+    #: Together they hold a whole tick's updates (``e_tasks``) in flight, so the publisher
+    #: never caps the rate; an update is skipped only while the server has not answered
+    #: the previous ones on its connection.
+    e_conns: int = 16
+    e_window: int = 64
     f_subs: int = 1000
     f_seconds: float = 10.0
 
@@ -449,9 +455,9 @@ def scenario_e(run: Run) -> None:
                         "--duration",
                         str(p.e_seconds),
                         "--conns",
-                        "4",
+                        str(p.e_conns),
                         "--window",
-                        "64",
+                        str(p.e_window),
                     ],
                 )
                 try:
