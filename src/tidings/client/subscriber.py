@@ -71,6 +71,7 @@ async def subscribe(
                 headers["Last-Event-ID"] = last_event_id
             if token:
                 headers["Authorization"] = f"Bearer {token}"
+            streaming = False
             try:
                 async with http.stream(
                     "GET", url.rstrip("/") + path, params=params, headers=headers
@@ -88,7 +89,7 @@ async def subscribe(
                             "unavailable", request=response.request, response=response
                         )
                     failures = 0
-                    connected = True
+                    connected = streaming = True
                     wait_at_least = 0.0
                     parser = EventParser()
                     async for chunk in response.aiter_raw():
@@ -96,10 +97,13 @@ async def subscribe(
                             if event.id:
                                 last_event_id = event.id
                             yield event
-                    if parser.retry is not None:
-                        retry_ms = parser.retry
+                        if parser.retry is not None:
+                            retry_ms = parser.retry  # kept however the stream ends
             except (httpx.TransportError, httpx.HTTPStatusError):
-                failures += 1
+                # A stream that was open and broke reconnects after ``retry``, as one that
+                # ended; only failed attempts back off.
+                if not streaming:
+                    failures += 1
             if not reconnect:
                 return
             delay = (
