@@ -203,6 +203,17 @@ def test_a_new_file_is_added_with_its_id_as_filename() -> None:
     assert task.total_files == 1
 
 
+def test_total_files_is_the_batch_size_as_in_seed_004() -> None:
+    """``data.total_files || data.total`` on seed 004's page: the size of the batch, not
+    how many files were reported so far."""
+    task = apply_file(new_task("t1", total=5, now=T0), "f1", status="processing", now=T0 + 1)
+    assert task.total_files == 5
+    for n in range(2, 8):
+        task = apply_file(task, f"f{n}", status="pending", now=T0 + n)
+    assert task.total_files == 7  # more files than ``total``
+    assert new_task("t2", now=T0).total_files is None
+
+
 def test_a_completed_file_is_at_100_percent_and_keeps_its_filename() -> None:
     task = apply_file(running(), "f1", status="processing", filename="a.png", now=T0 + 2)
     task = apply_file(task, "f1", status="completed", now=T0 + 3)

@@ -12,9 +12,15 @@ Decisions worth knowing before changing this file:
 - Terminal states are final: any transition from one raises :class:`TaskFinished`, before
   anything is computed, so the loser of two racing terminal requests uses no ``sequence``.
 - Validation raises :class:`InvalidEvent` before anything changes (``current`` over
-  ``total``, ``progress`` outside 0..100, an unknown file status): state is unchanged.
+  ``total``, ``progress`` outside 0..100, an unknown file status, a number that is not
+  finite, ``metadata``/``result``/``details`` nested deeper than
+  :data:`~tidings.events.MAX_JSON_DEPTH`): state is unchanged.
 - ``progress`` is a percent. Sent alone it is taken as is; counts sent without it give
-  ``100 * current / total``; sent together, the explicit percent wins.
+  ``100 * current / total``, computed as ``100 * (current / total)`` so that counts near
+  the float maximum cannot overflow it; sent together, the explicit percent wins.
+- No number a task holds is ever infinite or NaN (JSON has no such numbers: orjson would
+  write ``null``): given ones are refused, and a rate or ETA that would overflow is
+  unknown (``null``) instead.
 - ``rate`` and ``eta`` follow tqdm: exponential moving averages (smoothing 0.3) of the
   units done and the seconds taken between updates; the rate is their ratio, so the bias
   corrections cancel. The unit is ``current`` when counts are known, else percent points.
@@ -33,7 +39,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Final, Literal, NamedTuple, TypeAlias
 
 from tidings.errors import InvalidEvent, TaskFinished
-from tidings.events import EventId
+from tidings.events import EventId, dumps_json
 from tidings.types import JSON
 
 __all__ = [
@@ -238,8 +244,11 @@ class Task:
 
     @property
     def total_files(self) -> Number | None:
-        """The number of files: the files reported so far, else ``total``."""
-        return len(self.files) if self.files else self.total
+        """The batch's size (seed 004's "alternative total count"): ``total``, or the files
+        reported so far when there are more of them or no ``total``."""
+        if self.total is None:
+            return len(self.files) if self.files else None
+        return max(self.total, len(self.files))
 
     @property
     def processing_time(self) -> float | None:
@@ -365,6 +374,8 @@ def new_task(
         _check_count(total, "total")
     if metadata is not None and not isinstance(metadata, Mapping):
         raise InvalidEvent("metadata must be a JSON object", code="invalid_request")
+    if metadata:
+        _check_json(dict(metadata), "metadata")
     if title is not None and not isinstance(title, str):
         raise InvalidEvent("title must be a string", code="invalid_request")
     return Task(
@@ -416,7 +427,9 @@ def apply_progress(
     if progress is not None:
         percent = float(progress)
     elif (current is not None or total is not None) and new_current is not None and new_total:
-        percent = 100.0 * new_current / new_total
+        # Divide first: 100 * current overflows to infinity for counts near the float
+        # maximum, while current / total is at most 1.
+        percent = 100.0 * (new_current / new_total)
     else:
         percent = task.progress
     percent = round(percent, 2)
@@ -499,8 +512,10 @@ def apply_complete(task: Task, *, result: JSON = None, now: float) -> Task:
 
     Raises:
         TaskFinished: the task is already terminal.
+        InvalidEvent: ``result`` is not JSON or nests too deep.
     """
     _check_open(task)
+    _check_json(result, "result")
     return _finish(task, "completed", now, result=result, progress=100.0, eta=0.0)
 
 
@@ -509,11 +524,13 @@ def apply_fail(task: Task, *, error: str, details: JSON = None, now: float) -> T
 
     Raises:
         TaskFinished: the task is already terminal.
-        InvalidEvent: ``error`` is not a non-empty string.
+        InvalidEvent: ``error`` is not a non-empty string; ``details`` is not JSON or nests
+            too deep.
     """
     _check_open(task)
     if not isinstance(error, str) or not error:
         raise InvalidEvent("error must be a non-empty string", code="invalid_request")
+    _check_json(details, "details")
     return _finish(task, "failed", now, error=error, details=details)
 
 
@@ -563,9 +580,20 @@ def _check_open(task: Task) -> None:
 def _check_number(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidEvent(f"{name} must be a number", code="invalid_request")
-    if not math.isfinite(value):
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond the float range
+        number = math.inf
+    if not math.isfinite(number):
         raise InvalidEvent(f"{name} must be finite", code="invalid_request")
-    return float(value)
+    return number
+
+
+def _check_json(value: JSON, name: str) -> None:
+    """A value a client gives (metadata, result, details): JSON, at most
+    :data:`~tidings.events.MAX_JSON_DEPTH` levels deep."""
+    if value is not None:
+        dumps_json(value, name)
 
 
 def _check_count(value: object, name: str) -> None:
@@ -607,9 +635,14 @@ def _sample(
     ema_dn = SMOOTHING * dn + beta * state.ema_dn
     ema_dt = SMOOTHING * dt + beta * state.ema_dt
     rate = ema_dn / ema_dt if ema_dt > 0 else None
+    if rate is not None and not (math.isfinite(ema_dn) and math.isfinite(rate)):
+        # Counts near the float maximum over a tiny interval: no finite rate to show.
+        return RateState(unit=unit, at=now, position=position), None, None
     eta = None
     if rate is not None and rate > 0 and remaining is not None:
         eta = round(remaining / rate, 1)
+        if not math.isfinite(eta):  # a tiny rate and a huge remainder
+            eta = None
     new_state = RateState(unit=unit, at=now, position=position, ema_dn=ema_dn, ema_dt=ema_dt)
     return new_state, round(rate, 4) if rate is not None else None, eta
 
