@@ -88,8 +88,10 @@ COALESCE_SECONDS = 0.002
 #: How long one ``XREAD`` waits for new events before it asks again.
 BLOCK_MS: Final = 5000
 #: Reconnect backoff of the reader: exponential from this, up to ``BACKOFF_CAP``, jittered.
+#: One reader per node, so the cap is low: a node delivers again (its own publishes
+#: included, which Redis already accepts) at most about a second after Redis is back.
 BACKOFF_BASE: Final = 0.05
-BACKOFF_CAP: Final = 5.0
+BACKOFF_CAP: Final = 1.0
 #: Topics pruned per sweeper script call (the script runs in one go inside Redis).
 PRUNE_BATCH: Final = 500
 #: Most publishes sent in one pipeline.
