@@ -207,6 +207,70 @@ async def test_bad_publishes_are_refused(
     assert "Traceback" not in response.text
 
 
+async def test_publish_fields_of_the_wrong_json_type_are_refused_not_coerced(
+    http: httpx.AsyncClient,
+) -> None:
+    """Audit item 3: ``"retry": true`` (or ``"5"``, ``5.0``...) was accepted and sent as
+    ``retry: 1``. Every publish field is strictly typed (SPEC §3: 422 for invalid fields)."""
+    wrong: list[dict[str, object]] = [
+        {"retry": True},
+        {"retry": False},
+        {"retry": "5"},
+        {"retry": " 7 "},
+        {"retry": 5.0},
+        {"priority": 1},
+        {"users": "bob"},
+        {"users": [1]},
+        {"idempotency_key": 5},
+        {"type": 5},
+        {"topic": 5},
+    ]
+    async with open_sse(http, params=params("strict")) as stream:
+        for field in wrong:
+            refused = await http.post("/publish", json={"topic": "strict", "data": 1, **field})
+            assert refused.status_code == 422, (field, refused.text)
+            error = refused.json()["error"]
+            assert error["code"] == "invalid_request", field
+            assert error["message"].startswith(next(iter(field))), field
+        marker = await publish(http, "strict", "marker", retry=5)
+        event = await stream.next()
+    assert (event.id, event.retry) == (marker, 5)  # nothing refused was published
+
+
+def nested(depth: int, kind: str) -> bytes:
+    """JSON of an array (or object) ``depth`` levels deep: ``[[]]`` is 2."""
+    if kind == "arrays":
+        return b"[" * depth + b"]" * depth
+    return b'{"a":' * (depth - 1) + b"{}" + b"}" * (depth - 1)
+
+
+async def test_data_nested_too_deep_gets_the_same_422_at_every_depth(
+    http: httpx.AsyncClient,
+) -> None:
+    """Audit item 6: 255 to 1023 levels got ``422 invalid_event`` with orjson's message,
+    and 1024 and more ``400 malformed_json``."""
+    for kind in ("arrays", "objects"):
+        for depth in (129, 254, 255, 1000, 1023, 1024, 1100, 5000):
+            body = b'{"topic": "t", "data": ' + nested(depth, kind) + b"}"
+            response = await http.post(
+                "/publish", content=body, headers={"content-type": "application/json"}
+            )
+            assert response.status_code == 422, (kind, depth, response.text)
+            assert response.json() == {
+                "error": {"code": "invalid_request", "message": "data nests deeper than 128 levels"}
+            }, (kind, depth)
+
+
+async def test_data_nested_to_the_limit_is_published_intact(http: httpx.AsyncClient) -> None:
+    async with open_sse(http, params=params("deep")) as stream:
+        for kind in ("arrays", "objects"):
+            body = b'{"topic": "deep", "data": ' + nested(128, kind) + b"}"
+            sent = await http.post("/publish", content=body)
+            assert sent.status_code == 202, sent.text
+            event = await stream.next()
+            assert (event.id, event.data.encode()) == (sent.json()["id"], nested(128, kind))
+
+
 async def test_oversized_data_gets_413_and_publishes_nothing(
     server_factory: ServerFactory,
 ) -> None:

@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import orjson
 import pytest
 
 from tidings.auth.principal import Principal
+from tidings.backends.base import Replay
+from tidings.backends.memory import MemoryBackend
 from tidings.connection import HIGH_WATER, Connection
-from tidings.errors import InvalidTopic, NotAuthorized, ShuttingDown
+from tidings.errors import BackendUnavailable, InvalidTopic, NotAuthorized, ShuttingDown
 from tidings.events import Event, EventId, make_draft
 from tidings.hub import BACKLOG_RETRY, FLUSH_BATCH, Hub
 from tidings.wire import EventParser, ServerSentEvent
@@ -112,6 +114,19 @@ async def test_replay_and_live_events_are_not_duplicated(hub: Hub) -> None:
     live = await hub.publish("t", 3)
     events = await drain(conn)
     assert [e.id for e in events] == [*later, live]
+
+
+async def test_a_resumed_stream_never_gets_events_up_to_its_id_late(hub: Hub) -> None:
+    """A node's log reader lags after a Redis outage: it may deliver, live, events that a
+    stream resumed past already. The client has them; they are not sent again."""
+    old = [await hub.publish("t", i) for i in range(3)]
+    replay = await hub.backend.replay(["t"], f"{EventId.parse(old[0]).epoch}-0")  # type: ignore[union-attr]
+    conn = await hub.open_stream(["t"], last_event_id=old[-1])  # nothing to replay
+    await conn.next_chunk()  # the opening bytes
+    for event in replay.events:  # the lagging reader, catching up
+        hub._dispatch(event)
+    live = await hub.publish("t", 3)
+    assert [e.id for e in await drain(conn)] == [live]
 
 
 async def test_users_targeting_reaches_only_those_users(hub: Hub) -> None:
@@ -431,5 +446,64 @@ async def test_a_hub_that_stays_behind_keeps_each_connection_once_in_its_flush_l
         for _, transport in streams:
             events = chunk_events(b"".join(transport.writes[1:]))
             assert [e.id for e in events] == ids
+    finally:
+        await hub.aclose()
+
+
+class FlakyBackend(MemoryBackend):
+    """The memory backend with an outage switch: while ``down``, history cannot be read
+    (what a Redis outage does to a resume)."""
+
+    down = False
+
+    async def replay(self, patterns: Sequence[str], after: str) -> Replay:
+        if self.down:
+            raise BackendUnavailable("the backend is unavailable (test)")
+        return await super().replay(patterns, after)
+
+
+async def test_a_held_stream_stays_alive_and_sends_nothing_it_holds_until_its_start() -> None:
+    """SPEC §3: a stream opened while the backend is down is accepted and held. Its client
+    sees the opening bytes and keep-alives at once (no event: those wait for the replay);
+    one that ends before the backend returns sends none of the events it held (it would
+    skip its replay); one that lives on gets the replay, then the live events, once."""
+    backend = FlakyBackend(history_size=100, history_ttl=3600)
+    hub = Hub(store="memory", backend=backend, keepalive=60, shutdown_grace=0)
+    await hub.start()
+    try:
+        first = await hub.publish("t", 0)
+        missed = await hub.publish("t", 1)
+        backend.down = True
+        streams = []
+        for _ in range(2):
+            conn = await hub.open_stream(["t"], last_event_id=first)
+            transport = RecordingTransport()
+            conn.attach(transport, lambda: None, b"HEAD\r\n\r\n")
+            streams.append((conn, transport))
+        live = await hub.publish("t", 2)  # queued on both, held
+        for conn, transport in streams:
+            assert transport.writes[0].startswith(b"HEAD\r\n\r\n")
+            conn.last_write -= 120  # silent for longer than the keep-alive
+        await hub._tick()
+        for _, transport in streams:
+            sent = b"".join(transport.writes).removeprefix(b"HEAD\r\n\r\n")
+            assert b": tidings" in sent
+            assert sent.endswith(b": ping\n\n\r\n")
+            assert chunk_events(sent) == []
+
+        retired, retired_transport = streams[0]
+        retired.retire_at = 0.0  # past its maximum age while held
+        await hub._tick()
+        await settle(hub)
+        assert retired.close_reason == "max_age"
+        assert chunk_events(b"".join(retired_transport.writes[1:])) == []
+
+        backend.down = False
+        await hub._tick()  # the ticker retries the resume
+        await settle(hub)
+        conn, transport = streams[1]
+        sent = b"".join(transport.writes).removeprefix(b"HEAD\r\n\r\n")
+        assert [e.id for e in chunk_events(sent)] == [missed, live]
+        assert not conn.holding
     finally:
         await hub.aclose()

@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import httpx
+import orjson
 import pytest
 
 from tests._security import (
@@ -279,6 +280,35 @@ def test_oversized_request_heads_are_refused(
     assert code in raw
     assert raw.endswith(b"}")
     assert httpx.get(server.url + "/healthz", timeout=10).status_code == 200
+    assert "Traceback" not in server.log()
+
+
+def test_unparsable_requests_get_a_json_400(server_factory: ServerFactory) -> None:
+    """Audit item 5: requests the HTTP parser refuses got uvicorn's ``400 text/plain
+    "Invalid HTTP request received."``; every error is JSON in the SPEC's shape."""
+    server = server_factory()
+    publish = b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    chunked = publish + b"Transfer-Encoding: chunked\r\n\r\n"
+    requests = {
+        "garbage": [b"GARBAGE\r\n\r\n"],
+        "bad content-length": [publish + b"Content-Length: abc\r\n\r\n{}"],
+        "bad chunk size": [chunked + b"ZZ\r\n{}\r\n0\r\n\r\n"],
+        # The application already waits for the body when the bad chunk comes.
+        "bad second chunk": [chunked + b'e\r\n{"topic": "t",\r\n', b"ZZ\r\n"],
+    }
+    for case, parts in requests.items():
+        with raw_socket(server) as sock:
+            for part in parts:
+                sock.sendall(part)
+            raw = read_all(sock)
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert _status_of(raw) == 400, (case, raw)
+        assert b"content-type: application/json" in head.lower(), case
+        assert orjson.loads(body) == {
+            "error": {"code": "bad_request", "message": "the request is not valid HTTP/1.1"}
+        }, case
+    stats = httpx.get(server.url + "/stats", timeout=10).json()
+    assert stats["events"]["published"] == 0
     assert "Traceback" not in server.log()
 
 

@@ -148,6 +148,51 @@ async def test_invalid_requests_change_nothing(
     assert await ok(await http.get(f"/tasks/{task['task_id']}")) == task
 
 
+async def test_huge_counts_never_make_progress_null(http: httpx.AsyncClient) -> None:
+    """Audit item 4: ``{"current": 1e308, "total": 1e308}`` gave ``"progress": null`` in the
+    answer and the event (``100 * 1e308`` overflowed), and 0.0 in a later snapshot."""
+    task_id = (await create(http))["task_id"]
+    async with open_sse(http, f"/tasks/{task_id}/stream") as stream:
+        await stream.next()
+        for current, total in ((0, 1e308), (1e308, 1e308)):  # the jump's rate overflows too
+            body = {"current": current, "total": total}
+            answer = await ok(await http.post(f"/tasks/{task_id}/progress", json=body))
+            event = data(await stream.next())
+        assert (answer["progress"], answer["rate"], answer["eta"]) == (100.0, None, None)
+        assert (event["progress"], event["rate"], event["eta"]) == (100.0, None, None)
+    async with open_sse(http, f"/tasks/{task_id}/stream") as later:
+        assert data(await later.next())["progress"] == 100.0
+    assert (await ok(await http.get(f"/tasks/{task_id}")))["progress"] == 100.0
+
+
+async def test_task_values_nested_too_deep_get_the_same_422_at_every_depth(
+    http: httpx.AsyncClient,
+) -> None:
+    """Audit item 6, for task values: one answer past the limit, naming the field."""
+    task_id = (await create(http))["task_id"]
+    for depth in (129, 255, 1000, 1100, 5000):
+        deep = b"[" * depth + b"]" * depth
+        requests = {
+            "metadata": ("/tasks", b'{"metadata": {"a": ' + deep[1:-1] + b"}}"),
+            "result": (f"/tasks/{task_id}/complete", b'{"result": ' + deep + b"}"),
+            "details": (f"/tasks/{task_id}/fail", b'{"error": "x", "details": ' + deep + b"}"),
+        }
+        for field, (path, body) in requests.items():
+            response = await http.post(path, content=body)
+            assert response.status_code == 422, (field, depth, response.text)
+            assert response.json()["error"] == {
+                "code": "invalid_request",
+                "message": f"{field} nests deeper than 128 levels",
+            }
+    at_limit = orjson.loads(b"[" * 128 + b"]" * 128)
+    created = await create(http, metadata={"a": at_limit[0]})
+    assert created["metadata"] == {"a": at_limit[0]}
+    done = await ok(await http.post(f"/tasks/{task_id}/complete", json={"result": at_limit}))
+    assert done["result"] == at_limit
+    listed = await ok(await http.get("/tasks"))
+    assert {t["task_id"] for t in listed["tasks"]} == {task_id, created["task_id"]}
+
+
 async def test_malformed_json_is_a_400(http: httpx.AsyncClient) -> None:
     task = await create(http)
     response = await http.post(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tidings.errors import InvalidEvent, TaskFinished
+from tidings.events import MAX_JSON_DEPTH
 from tidings.tasks.model import (
     SMOOTHING,
     STREAM_END_TYPES,
@@ -121,6 +123,8 @@ def test_fields_left_out_keep_their_value() -> None:
         ({"total": -3}, "negative"),
         ({"current": True}, "number"),
         ({"progress": math.nan}, "finite"),
+        ({"current": math.inf}, "finite"),
+        ({"total": 10**400}, "finite"),
         ({"message": 5}, "string"),
     ],
 )
@@ -129,6 +133,29 @@ def test_invalid_progress_is_refused(fields: dict[str, Any], problem: str) -> No
     with pytest.raises(InvalidEvent, match=problem) as info:
         apply_progress(task, now=T0 + 2, **fields)
     assert info.value.status == 422
+
+
+def test_counts_near_the_float_maximum_give_a_finite_percent() -> None:
+    """Audit item 4: ``100 * current`` overflowed to infinity, which orjson writes as
+    ``null``; the percent is computed as ``100 * (current / total)``."""
+    huge = sys.float_info.max
+    for current, total in ((1e308, 1e308), (huge, huge), (huge / 2, huge)):
+        task = apply_progress(new_task("t1", now=T0), current=current, total=total, now=T0)
+        assert task.progress == round(100 * (current / total), 2)
+        assert math.isfinite(task.progress)
+
+
+def test_a_rate_or_eta_that_would_overflow_is_unknown() -> None:
+    huge = sys.float_info.max
+    start = apply_progress(new_task("t1", total=huge, now=T0), current=0, now=T0)
+    jump = apply_progress(start, current=huge, now=T0 + 1e-6)  # huge / a microsecond
+    assert (jump.rate, jump.eta) == (None, None)
+    numbers = [v for v in dataclasses.asdict(jump.rate_state).values() if isinstance(v, float)]
+    assert all(math.isfinite(v) for v in numbers)
+    crawl = apply_progress(new_task("t2", total=huge, now=T0), current=0, now=T0)
+    crawl = apply_progress(crawl, current=1e-300, now=T0 + 1000)  # the rest takes forever
+    assert crawl.rate is not None
+    assert crawl.eta is None
 
 
 def test_lowering_the_total_below_current_is_refused() -> None:
@@ -248,6 +275,19 @@ def test_complete_sets_progress_to_100_and_the_finish_time() -> None:
 def test_fail_keeps_error_and_details() -> None:
     task = apply_fail(running(), error="disk full", details={"free": 0}, now=T0 + 2)
     assert (task.status, task.error, task.details) == ("failed", "disk full", {"free": 0})
+
+
+def test_values_nested_deeper_than_the_limit_are_refused() -> None:
+    deep: Any = 0
+    for _ in range(MAX_JSON_DEPTH):
+        deep = [deep]
+    apply_complete(running(), result=deep, now=T0 + 2)  # at the limit: fine
+    with pytest.raises(InvalidEvent, match="result nests deeper than 128 levels"):
+        apply_complete(running(), result=[deep], now=T0 + 2)
+    with pytest.raises(InvalidEvent, match="details nests deeper than 128 levels"):
+        apply_fail(running(), error="x", details=[deep], now=T0 + 2)
+    with pytest.raises(InvalidEvent, match="metadata nests deeper than 128 levels"):
+        new_task(metadata={"a": deep}, now=T0)
 
 
 def test_fail_needs_an_error_message() -> None:

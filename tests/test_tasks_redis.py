@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -21,7 +21,15 @@ import orjson
 import pytest
 import redis.asyncio
 
-from tests.conftest import ServerFactory, ServerProcess, open_sse
+from tests._security import SECRET, bearer, token
+from tests.conftest import (
+    RedisServer,
+    ServerFactory,
+    ServerProcess,
+    SSEReader,
+    TcpProxy,
+    open_sse,
+)
 from tidings.client import AsyncPublisher, Publisher
 from tidings.client.redis import AsyncRedisTransport, RedisTransport
 from tidings.config import load_settings
@@ -428,3 +436,216 @@ def test_redis_errors_reach_a_worker_as_backend_unavailable() -> None:
 
     with pytest.raises(BackendUnavailable):
         asyncio.run(from_async())
+
+
+# -- Redis outages (SPEC §3: streams stay open, new ones are accepted) ---------------------------
+
+MakeProxy = Callable[[int], Awaitable[TcpProxy]]
+
+
+@pytest.fixture
+async def cut_node(
+    server_factory: ServerFactory,
+    redis_url: str,
+    redis_server: RedisServer,
+    tcp_proxy: MakeProxy,
+) -> tuple[ServerProcess, TcpProxy]:
+    """A node (tasks in Redis, auth on) that reaches Redis through a proxy the test cuts.
+
+    Redis itself stays up, with its data, as for a node whose network fails; workers write
+    into it meanwhile. The node starts in a thread: the proxy runs on this event loop.
+    """
+    proxy = await tcp_proxy(redis_server.port)
+    node = await asyncio.to_thread(
+        server_factory,
+        *("--backend", proxy.url("redis", "/0"), "--store", "redis", "--keepalive", "1"),
+        *("--jwt-secret", SECRET, "--task-retention", "10"),
+    )
+    return node, proxy
+
+
+async def held(stream: SSEReader) -> None:
+    """Read the held stream until a keep-alive: it is open, and has sent no event."""
+
+    async def ping() -> None:
+        while "ping" not in stream.comments:
+            stream.pending.extend(stream.parser.feed(await anext(stream._chunks)))
+
+    assert stream.response.status_code == 200
+    await asyncio.wait_for(ping(), 10)
+    assert stream.pending == []
+    assert "tidings" in stream.comments  # the opening comment came first
+
+
+async def wait_log(node: ServerProcess, text: str) -> None:
+    """Wait until the node has logged ``text``."""
+    async with asyncio.timeout(20):
+        while True:
+            if text in node.log():
+                return
+            await asyncio.sleep(0.05)
+
+
+async def test_a_task_stream_opened_while_redis_is_unreachable_starts_when_it_is_back(
+    cut_node: tuple[ServerProcess, TcpProxy], http: httpx.AsyncClient, redis_url: str
+) -> None:
+    """Audit item 1: the stream was a 503 (which ends a browser's EventSource for good).
+    Now it is accepted and held (keep-alives only); once the store answers it starts with
+    the task's state as of then, then goes live, and ends with the task."""
+    node, proxy = cut_node
+    alice = bearer(token("alice"))
+    task = await ok(await http.post(f"{node.url}/tasks", json={"total": 4}, headers=alice), 201)
+    task_id = task["task_id"]
+    await proxy.cut()
+    async with open_sse(http, f"{node.url}/tasks/{task_id}/stream", headers=alice) as stream:
+        await held(stream)
+        async with AsyncPublisher(redis_url) as worker:  # Redis is up for everyone else
+            await worker.progress(task_id, current=2)
+        await proxy.restore()
+        first = await stream.next(timeout=20)
+        assert (first.event, data(first)["sequence"], data(first)["progress"]) == (
+            "task_progress",
+            2,
+            50.0,
+        )
+        done = await http.post(f"{node.url}/tasks/{task_id}/complete", headers=alice)
+        assert (await ok(done))["sequence"] == 3
+        end = await stream.until_end(timeout=20)
+    assert [(e.event, data(e)["sequence"]) for e in end] == [("task_completed", 3)]
+
+
+async def test_a_task_stream_resumed_while_redis_is_unreachable_replays_when_it_is_back(
+    cut_node: tuple[ServerProcess, TcpProxy], http: httpx.AsyncClient, redis_url: str
+) -> None:
+    """A reconnect with Last-Event-ID during the outage gets, once the store answers, the
+    events it missed (some published meanwhile by a worker), each exactly once, then live
+    events; and a reconnect after the end with the terminal event's id still gets 204."""
+    node, proxy = cut_node
+    alice = bearer(token("alice"))
+    created = await http.post(f"{node.url}/tasks", json={"total": 4}, headers=alice)
+    task_id = (await ok(created, 201))["task_id"]
+    url = f"{node.url}/tasks/{task_id}/stream"
+    async with open_sse(http, url, headers=alice) as stream:
+        seen = await stream.next()
+    await proxy.cut()
+    async with AsyncPublisher(redis_url) as worker:
+        await worker.progress(task_id, current=1)
+        await worker.file(task_id, "a.png", status="completed")
+        async with open_sse(http, url, headers={**alice, "Last-Event-ID": seen.id}) as stream:
+            await held(stream)
+            await proxy.restore()
+            missed = await stream.take(2, timeout=20)
+            await worker.complete(task_id, result="ok")
+            end = await stream.until_end(timeout=20)
+    assert [(e.event, data(e)["sequence"]) for e in missed] == [
+        ("task_progress", 2),
+        ("file_update", 3),
+    ]
+    assert [(e.event, data(e)["sequence"]) for e in end] == [("task_completed", 4)]
+    ids = [int(e.id.rpartition("-")[2]) for e in [seen, *missed, *end]]
+    assert ids == sorted(set(ids))
+
+    await proxy.cut()
+    async with open_sse(http, url, headers={**alice, "Last-Event-ID": end[0].id}) as stream:
+        await held(stream)
+        await proxy.restore()
+        assert await stream.until_end(timeout=20) == []  # nothing more to send
+    again = await http.get(url, headers={**alice, "Last-Event-ID": end[0].id})
+    assert again.status_code == 204
+
+
+async def test_a_held_task_stream_of_a_task_the_caller_may_not_see_ends_without_a_word(
+    cut_node: tuple[ServerProcess, TcpProxy], http: httpx.AsyncClient
+) -> None:
+    """Whether the task exists, and whose it is, is known once the store answers: a stream
+    for an unknown task or someone else's ends then, having sent nothing about the task, and
+    the reconnect gets the usual 404. What needs no store is still answered at once."""
+    node, proxy = cut_node
+    alice, bob = bearer(token("alice")), bearer(token("bob"))
+    task = await ok(await http.post(f"{node.url}/tasks", json={}, headers=alice), 201)
+    await ok(await http.post(f"{node.url}/tasks/{task['task_id']}/progress", headers=alice))
+    await proxy.cut()
+    unauthenticated = await http.get(f"{node.url}/tasks/{task['task_id']}/stream")
+    assert unauthenticated.status_code == 401
+    for path in (f"/tasks/{task['task_id']}/stream", "/tasks/no-such-task/stream"):
+        async with open_sse(http, node.url + path, headers=bob) as stream:
+            await held(stream)
+            await proxy.restore()
+            assert await stream.until_end(timeout=20) == []
+        refused = await http.get(node.url + path, headers=bob)
+        assert refused.status_code == 404
+        assert refused.json()["error"]["code"] == "task_not_found"
+        await proxy.cut()
+
+
+async def test_a_held_subscription_to_an_own_task_topic_is_checked_when_the_store_is_back(
+    cut_node: tuple[ServerProcess, TcpProxy], http: httpx.AsyncClient
+) -> None:
+    """Audit item 7 during an outage: whether ``tasks/<id>`` is the caller's own task is
+    known once the store answers. Until then the stream is held and sends no event; then
+    the owner's goes live, and anyone else's ends having sent nothing (reconnect: 403)."""
+    node, proxy = cut_node
+    alice, bob = bearer(token("alice")), bearer(token("bob"))
+    task_id = (await ok(await http.post(f"{node.url}/tasks", json={}, headers=alice), 201))[
+        "task_id"
+    ]
+    query = httpx.QueryParams({"topic": f"tasks/{task_id}"})
+    await proxy.cut()
+    async with (
+        open_sse(http, f"{node.url}/events", params=query, headers=alice) as owner,
+        open_sse(http, f"{node.url}/events", params=query, headers=bob) as other,
+    ):
+        await held(owner)
+        await held(other)
+        await proxy.restore()
+        assert await other.until_end(timeout=20) == []
+        # A change goes through once the node's link is back.
+        async with asyncio.timeout(20):
+            while True:
+                progress = f"{node.url}/tasks/{task_id}/progress"
+                if (await http.post(progress, headers=alice)).status_code == 200:
+                    break
+                await asyncio.sleep(0.1)
+        event = await owner.next(timeout=20)
+    assert (event.event, data(event)["sequence"]) == ("task_progress", 2)
+    refused = await http.get(f"{node.url}/events", params=query, headers=bob)
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "forbidden"
+
+
+async def test_stats_and_metrics_answer_during_an_outage_with_active_tasks_unknown(
+    cut_node: tuple[ServerProcess, TcpProxy], http: httpx.AsyncClient
+) -> None:
+    """Audit item 8: /stats was a 503 while the task store was down, so the counters
+    vanished exactly when operators need them."""
+    node, proxy = cut_node
+    admin = bearer(token("ops", admin=True))
+    await ok(await http.post(f"{node.url}/tasks", json={}, headers=admin), 201)
+    before = await ok(await http.get(f"{node.url}/stats", headers=admin))
+    assert before["tasks"] == {"active": 1}
+    await proxy.cut()
+    stats = await ok(await http.get(f"{node.url}/stats", headers=admin))
+    assert stats["tasks"] == {"active": None}
+    assert stats["events"]["published"] == 1
+    assert set(stats["connections"]) == {"total", "by_topic", "by_task", "by_user"}
+    metrics = await http.get(f"{node.url}/metrics", headers=admin)
+    assert metrics.status_code == 200
+    assert "tidings_events_published_total 1.0" in metrics.text
+    assert "tidings_tasks_active" not in metrics.text
+
+
+async def test_an_unreachable_task_store_is_one_log_line_not_a_traceback(
+    cut_node: tuple[ServerProcess, TcpProxy], http: httpx.AsyncClient
+) -> None:
+    """Audit item 2: the maintenance loop logged a 50-line traceback at start and every
+    minute while Redis was unreachable. An outage is one warning, and one line when over."""
+    node, proxy = cut_node
+    await proxy.cut()
+    await wait_log(node, "task store is unreachable")
+    await asyncio.sleep(2.5)  # more maintenance steps (every second) while it stays down
+    await proxy.restore()
+    await wait_log(node, "task store is reachable again")
+    log = node.log()
+    assert log.count("task store is unreachable") == 1
+    assert "task maintenance failed" not in log
+    assert "Traceback" not in log

@@ -8,6 +8,8 @@ forever (slowloris). uvicorn's ``timeout_keep_alive`` only runs *between* reques
 
 - a head budget: the request line plus headers may take ``max_head_bytes``; a longer URL is
   answered ``414``, longer headers ``431`` (JSON error body, then the connection closes);
+- JSON for a request the parser refuses (``400 bad_request``), where uvicorn answers in
+  plain text (SPEC §3: every error is JSON);
 - a request deadline: from the moment a connection opens (or a new request on a kept-alive
   connection begins) the client has ``request_timeout`` seconds to send the whole request,
   body included. A client still sending its head gets ``408``; one that sent nothing is
@@ -211,12 +213,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(431, "headers_too_large", "the request headers are too large")
 
     def send_400_response(self, msg: str) -> None:
-        # uvicorn calls this when parsing fails, which our callbacks cause on purpose.
+        # uvicorn calls this when parsing fails: a request that is not HTTP (a garbage
+        # line, ``Content-Length: abc``, a bad chunk size), or one our callbacks stopped on
+        # purpose. Either way the answer has the SPEC's JSON error shape, not uvicorn's
+        # plain text.
         refusal, self._refusal = self._refusal, None
         if refusal is None:
-            super().send_400_response(msg)
-        else:
-            self._refuse(*refusal)
+            refusal = (400, "bad_request", "the request is not valid HTTP/1.1")
+        self._refuse(*refusal)
 
     # -- parser callbacks ----------------------------------------------------------------
 
@@ -292,8 +296,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         client = f"{self.client[0]}" if self.client else "unknown"
         logger.info("refused a request from %s: %s %s", client, status, code)
-        if self.cycle is not None and not self.cycle.response_complete:
-            # Another response is on the wire (pipelining): no room for ours.
+        cycle = self.cycle
+        if (
+            cycle is not None
+            and not cycle.response_complete
+            and (self._in_head or cycle.response_started)
+        ):
+            # Another request's response is on its way (pipelining), or this one's has
+            # begun: no room for ours. (A request refused in its body, before its answer
+            # began, gets ours; its application sees a disconnect once we close.)
             transport.close()
             return
         body = orjson.dumps({"error": {"code": code, "message": message}})

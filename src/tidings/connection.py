@@ -32,6 +32,13 @@ Decisions worth knowing before changing this file:
 - Over its bound (events or bytes) a connection is cut, not trimmed: the client resumes
   from its last id and history fills the hole. Nothing is dropped silently; the hub counts
   the frames it discarded and the cut.
+- A *held* stream sends no event until its start is done (its replay is put in front; a
+  task's state, or the check of its owner, is read). While the start waits for the backend
+  (an outage, SPEC §3) the client still gets the opening bytes and keep-alive comments
+  (:meth:`Connection.send_ahead`): comments are not events, so sending them first reorders
+  nothing. A held stream that ends before its start is done sends none of the events it
+  queued (:meth:`Connection.drop_events`): they would skip what must come first, and the
+  client would resume past it.
 """
 
 from __future__ import annotations
@@ -69,6 +76,7 @@ class Connection:
         "_conflate",
         "_count",
         "_dirty",
+        "_early",
         "_hub",
         "_on_end",
         "_plain",
@@ -115,6 +123,8 @@ class Connection:
         self.task_id = task_id
         self.ip = ip
         self._queue: list[bytes] = []
+        #: Frames to send although the stream is held (see :meth:`send_ahead`).
+        self._early: tuple[bytes, ...] = ()  # no list per stream: most never need one
         self._conflate: dict[str, int] = {}
         self._count = 0
         self._bytes = 0
@@ -221,6 +231,62 @@ class Connection:
         self._bytes = sum(len(f) for f in lead) + sum(len(f) for f in live)
         self._hub._stats.delivered += count
 
+    def send_ahead(self, comment: bytes = b"") -> None:
+        """Send what is queued ahead of the first event (the opening bytes), then
+        ``comment``, now, although the stream is held.
+
+        For a stream whose start waits for the backend: its client and the proxies on the
+        way must see it open and alive (SPEC §1), and neither is an event, so sending them
+        before the held events reorders nothing.
+        """
+        if self.close_reason is not None and not self.holding:
+            return  # ending: its writer sends what is left
+        queue = self._queue
+        first = 0
+        while first < len(queue) and not _seq_of_frame(queue[first]):
+            first += 1
+        ahead = [frame for frame in queue[:first] if frame]
+        del queue[:first]
+        self._bytes -= sum(len(frame) for frame in ahead)
+        transport = self._transport
+        if transport is None:
+            # ASGI mode, or not attached yet: the writer (or attach) sends them.
+            self._early += (*ahead, comment) if comment else tuple(ahead)
+            waiter = self._waiter
+            if self._early and waiter is not None and not waiter.done():
+                self._waiter = None
+                waiter.set_result(None)
+            return
+        if comment:
+            ahead.append(_chunk(comment))
+        if ahead and not transport.is_closing():
+            transport.write(b"".join(ahead))
+            self.last_write = time.monotonic()
+
+    def drop_events(self, *, through: int | None = None) -> None:
+        """Forget the events queued so far (with ``through``, those whose seq is at most
+        that); comments and other frames stay.
+
+        For a held stream: what it queued is either covered by what its start reads next
+        (a task's state or replay), or must not be sent at all (a refused check, an end
+        before the replay).
+        """
+        if through is None:
+            kept = [frame for frame in self._queue if frame and not _seq_of_frame(frame)]
+        else:
+            kept = [
+                frame for frame in self._queue if frame and not 0 < _seq_of_frame(frame) <= through
+            ]
+        self._queue = kept
+        self._conflate.clear()
+        self._count = sum(1 for frame in kept if _seq_of_frame(frame))
+        self._bytes = sum(len(frame) for frame in kept)
+        if not self._count:
+            self.last_id = None
+            if self.holding and self.close_reason == "end":
+                self.close_reason = None  # set by a dropped event (a task's last)
+                self._update_plain()
+
     def release(self) -> None:
         """End the hold: what is queued may be sent."""
         self.holding = False
@@ -232,6 +298,8 @@ class Connection:
         # Every event dispatched before the end is queued first (a write-through pass may
         # not have reached this connection yet).
         self._hub._settle_pass()
+        if self.holding and reason in ("shutdown", "max_age", "auth_expired"):
+            self.drop_events()  # see the module docstring
         if self.close_reason is None or reason in ("slow", "client"):
             self.close_reason = reason
         self.holding = False
@@ -283,11 +351,17 @@ class Connection:
         self._on_end = on_end
         # From now on the queue holds HTTP chunks (see Event.chunk).
         self._queue = [_chunk(frame) for frame in self._queue if frame]
-        if head and self.holding:
-            # Nothing may be sent before the replay (the backend is down): the head now.
-            transport.write(head)
-        elif head:
-            self._queue.insert(0, head)
+        early = b""
+        if self._early:
+            early = b"".join(_chunk(frame) for frame in self._early)
+            self._early = ()
+        if self.holding:
+            # Nothing may be sent before the replay (the backend is down): the head now,
+            # with what goes ahead of the events (see send_ahead).
+            if head or early:
+                transport.write(head + early)
+        elif head or early:
+            self._queue.insert(0, head + early)
         self._conflate.clear()
         self._bytes = sum(len(frame) for frame in self._queue)
         self._update_plain()
@@ -382,6 +456,11 @@ class Connection:
             reason = self.close_reason
             if reason == "slow" or reason == "client":
                 return None
+            if self._early:
+                chunk = b"".join(self._early)
+                self._early = ()
+                self.last_write = time.monotonic()
+                return chunk
             if self._queue and not self.holding:
                 queue = self._queue
                 chunk = b"".join(queue) if len(queue) > 1 else queue[0]
@@ -394,7 +473,7 @@ class Connection:
                 if chunk:
                     return chunk
                 continue
-            if reason is not None:
+            if reason is not None and not self.holding:
                 return None
             waiter = asyncio.get_running_loop().create_future()
             self._waiter = waiter

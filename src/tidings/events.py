@@ -15,9 +15,10 @@ so an id from before is recognised as "not an id this hub issues" and the client
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import orjson
 
@@ -29,11 +30,14 @@ from tidings.wire import validate_field
 __all__ = [
     "CONFLATED_TYPES",
     "MAX_ID_BYTES",
+    "MAX_JSON_DEPTH",
     "Draft",
     "Event",
     "EventId",
+    "dumps_json",
     "make_draft",
     "new_epoch",
+    "too_deep",
 ]
 
 #: Longest ``Last-Event-ID`` the hub accepts (SPEC §3: longer is a 400).
@@ -41,6 +45,20 @@ MAX_ID_BYTES: Final = 256
 
 #: Event types whose queued copies are replaced by newer ones of the same topic (SPEC §4).
 CONFLATED_TYPES: Final = frozenset({"task_progress"})
+
+#: Deepest nesting of arrays and objects in a JSON value a client gives: event data, a
+#: task's metadata, result and details (a number is depth 0, ``[1]`` depth 1). Deeper is
+#: refused (422) at every depth. Nobody needs more, and the limit leaves room for the
+#: levels a task record, an event payload or a task list wraps around such a value within
+#: what orjson writes (:data:`_ORJSON_DEPTH`).
+MAX_JSON_DEPTH: Final = 128
+#: The deepest value ``orjson.dumps`` writes; deeper raises "Recursion limit reached".
+#: ``tests/test_wire.py`` pins it, so an orjson upgrade that changes it fails there.
+_ORJSON_DEPTH: Final = 254
+#: Lists wrapped around a value so that orjson itself refuses one deeper than the limit.
+_WRAP: Final = _ORJSON_DEPTH - MAX_JSON_DEPTH
+#: Per thread (sync publishers run in threads): the wrapping lists and their innermost one.
+_wrapping = threading.local()
 
 
 def new_epoch() -> str:
@@ -147,6 +165,42 @@ def encode_frame(ident: str, type: str, payload: bytes, retry: int | None) -> by
     return b"".join((head.encode(), b"data: ", payload, b"\n\n"))
 
 
+def too_deep(name: str) -> InvalidEvent:
+    """The error for a value ``name`` nested deeper than :data:`MAX_JSON_DEPTH` levels."""
+    return InvalidEvent(f"{name} nests deeper than {MAX_JSON_DEPTH} levels", code="invalid_request")
+
+
+def dumps_json(value: JSON, name: str) -> bytes:
+    """``value`` as compact JSON, refused if it nests deeper than :data:`MAX_JSON_DEPTH`.
+
+    The check costs no walk of the value: orjson writes it inside :data:`_WRAP` lists, so
+    its own depth limit is reached exactly when the value is too deep, and the wrapping
+    brackets are cut off the output.
+
+    Raises:
+        InvalidEvent: ``value`` is not JSON-serializable, or nests too deep (the message
+            names ``name``).
+    """
+    wrapping = getattr(_wrapping, "lists", None)
+    if wrapping is None:
+        inner: list[Any] = [None]
+        outer = inner
+        for _ in range(_WRAP - 1):
+            outer = [outer]
+        wrapping = _wrapping.lists = (outer, inner)
+    outer, inner = wrapping
+    inner[0] = value
+    try:
+        wrapped = orjson.dumps(outer)
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        if "recursion limit" in str(exc).lower():
+            raise too_deep(name) from exc
+        raise InvalidEvent(f"{name} is not JSON-serializable: {exc}") from exc
+    finally:
+        inner[0] = None
+    return wrapped[_WRAP:-_WRAP]
+
+
 def make_draft(
     topic: str,
     data: JSON,
@@ -156,13 +210,17 @@ def make_draft(
     users: list[str] | tuple[str, ...] | frozenset[str] | None = None,
     retry: int | None = None,
     max_bytes: int | None = None,
+    limit_depth: bool = True,
 ) -> Draft:
     """Validate a publish and serialize its data once.
+
+    ``limit_depth=False`` leaves out the :data:`MAX_JSON_DEPTH` check, for payloads the
+    caller built around values it checked itself (a task event's ``{"result": ...}``).
 
     Raises:
         InvalidTopic: ``topic`` breaks SPEC §2.
         InvalidEvent: a CR, LF or NUL in ``type``, an unknown priority, a negative ``retry``,
-            data that is not JSON-serializable.
+            data that is not JSON-serializable or nests deeper than ``MAX_JSON_DEPTH``.
         EventTooLarge: the JSON payload is over ``max_bytes``.
     """
     validate_topic(topic)
@@ -173,10 +231,13 @@ def make_draft(
         raise InvalidEvent("priority must be one of 'low', 'normal', 'high'")
     if retry is not None and (isinstance(retry, bool) or not isinstance(retry, int) or retry < 0):
         raise InvalidEvent("retry must be a non-negative integer (milliseconds)")
-    try:
-        payload = orjson.dumps(data)
-    except (TypeError, orjson.JSONEncodeError) as exc:
-        raise InvalidEvent(f"data is not JSON-serializable: {exc}") from exc
+    if limit_depth:
+        payload = dumps_json(data, "data")
+    else:
+        try:
+            payload = orjson.dumps(data)
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            raise InvalidEvent(f"data is not JSON-serializable: {exc}") from exc
     if max_bytes is not None and len(payload) > max_bytes:
         raise EventTooLarge(f"data is {len(payload)} bytes as JSON; the limit is {max_bytes}")
     return Draft(

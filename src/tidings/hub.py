@@ -22,7 +22,7 @@ import random
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -61,6 +61,9 @@ _NOTHING: list[Connection] = []
 BACKLOG_RETRY = 0.05
 #: Topic prefix whose events only the task service writes.
 RESERVED_PREFIX = "tasks/"
+
+#: A step of a stream's start that may wait for the backend (see ``Hub.open_stream``).
+_Step = Callable[[Connection], Awaitable[Any]]
 
 
 @dataclass(slots=True)
@@ -155,8 +158,9 @@ class Hub:
         )
         self._index: TopicIndex[Connection] = TopicIndex()
         self._live: set[Connection] = set()
-        #: Streams whose resume waits for the backend, with the id they resume after.
-        self._pending_replay: dict[Connection, str] = {}
+        #: Held streams whose start waits for the backend or the task store, with the
+        #: steps left to take (see ``open_stream``); the ticker retries them.
+        self._waiting: dict[Connection, list[_Step]] = {}
         #: Connections to write, in order (each at most once: see ``Connection._dirty``).
         self._dirty: list[Connection] = []
         self._flush_handle: asyncio.Handle | None = None
@@ -503,17 +507,22 @@ class Hub:
         end_types: frozenset[str] = frozenset(),
         task_id: str | None = None,
         ip: str | None = None,
-        opening: Callable[[Connection], Any] | None = None,
+        opening: Callable[[Connection], Awaitable[Any]] | None = None,
     ) -> Connection:
         """Register a stream on ``patterns`` and queue its opening bytes and replay.
 
         The connection is in the index *before* history is read, so no event can fall
         between replay and live delivery; :meth:`Connection.put_front` removes events seen
-        twice. When the backend is down the stream still opens; its replay is retried by
-        the ticker and nothing live is sent before it (order is kept).
+        twice.
 
         ``opening``, if given, is awaited after registration and before the replay, to put
         a first event (a task snapshot) on the stream.
+
+        When the backend (or the task store) is down, the stream still opens (SPEC §3): it
+        is held, sending its opening bytes and keep-alive comments only, and the ticker
+        retries what is left of its start (the check of a task's owner, ``opening``, the
+        replay, in that order) until the backend answers; nothing live is sent before
+        (order is kept). A step that raises :class:`BackendUnavailable` is retried.
 
         Raises:
             InvalidTopic: a bad pattern, none, or more than 32; an id over 256 bytes.
@@ -528,11 +537,24 @@ class Hub:
             raise InvalidTopic(
                 f"Last-Event-ID is over {MAX_ID_BYTES} bytes", code="invalid_last_event_id"
             )
+        # Task topics no grant allows: allowed if the task is the principal's (SPEC §5).
+        owned: list[str] = []
         for pattern in patterns:
-            if not principal.may_subscribe(pattern) and not (
+            if principal.may_subscribe(pattern) or (
                 task_id is not None and pattern == f"tasks/{task_id}"
             ):
+                continue
+            own = _task_of(pattern) if principal.user is not None else None
+            if own is None:
                 raise NotAuthorized(f"not allowed to subscribe to {pattern!r}", code="forbidden")
+            owned.append(own)
+        checking: _Step | None = None
+        if owned:
+            try:
+                await self._check_owner(principal, owned)
+            except BackendUnavailable:
+                # Decided once the store answers; until then the stream sends nothing.
+                checking = functools.partial(self._check_owner_later, principal, owned)
         settings = self.settings
         conn = Connection(
             self,
@@ -555,22 +577,69 @@ class Hub:
         self.limits.streams.acquire(conn, user=principal.user, ip=ip)
         self._register(conn)
         conn.push_raw(self._opening)
+        steps: list[_Step] = []
+        if checking is not None:
+            steps.append(checking)
+        if opening is not None:
+            steps.append(opening)
+        if last_event_id is not None:
+            steps.append(functools.partial(self._resume, last_event_id))
+        if not steps:
+            conn.release()
+            return conn
         try:
-            if opening is not None:
-                await opening(conn)
-            if last_event_id is not None:
-                await self._resume(conn, last_event_id)
+            await self._advance(conn, steps)
         except BackendUnavailable:
-            if last_event_id is not None:
-                self._pending_replay[conn] = last_event_id
-                return conn
+            self._waiting[conn] = steps
+            # The client (and any proxy) sees the stream open now, though held.
+            conn.send_ahead()
+            return conn
         except BaseException:
             self.close_stream(conn)
             raise
         conn.release()
         return conn
 
-    async def _resume(self, conn: Connection, last_event_id: str) -> None:
+    async def _advance(self, conn: Connection, steps: list[_Step]) -> None:
+        """Take the ``steps`` of a stream's start in order, removing each once done.
+
+        Raises:
+            BackendUnavailable: a step could not be taken; it and the rest remain.
+        """
+        while steps:
+            if conn.close_reason is not None and not conn.holding:
+                steps.clear()  # the stream is ending (refused, finished, or its client left)
+                return
+            await steps[0](conn)
+            del steps[0]
+
+    async def _check_owner(self, principal: Principal, task_ids: list[str]) -> None:
+        """Allow topics ``tasks/<id>`` of tasks that ``principal`` owns (SPEC §5).
+
+        A task that does not exist and one that belongs to someone else get the same 403,
+        so task ids don't leak.
+
+        Raises:
+            NotAuthorized: a task is not the principal's (403).
+            BackendUnavailable: the task store cannot be read.
+        """
+        for task_id in task_ids:
+            if not await self.tasks.owns(task_id, principal):
+                topic = f"tasks/{task_id}"
+                raise NotAuthorized(f"not allowed to subscribe to {topic!r}", code="forbidden")
+
+    async def _check_owner_later(
+        self, principal: Principal, task_ids: list[str], conn: Connection
+    ) -> None:
+        """:meth:`_check_owner` for a held stream, once the store answers: a refused stream
+        has sent nothing but comments; it ends cleanly and its reconnect gets the 403."""
+        try:
+            await self._check_owner(principal, task_ids)
+        except NotAuthorized:
+            conn.drop_events()
+            conn.close("end")
+
+    async def _resume(self, last_event_id: str, conn: Connection) -> None:
         replay: Replay = await self.backend.replay(conn.patterns, last_event_id)
         if replay.gap is not None:
             gap = replay.gap
@@ -581,7 +650,10 @@ class Hub:
             latest = EventId.parse(gap.latest_id)
             conn.put_front([], head, min_seq=latest.seq if latest is not None else 0)
         else:
-            conn.put_front(list(replay.events))
+            # The client has everything up to its id: the node's reader may still deliver
+            # events up to there live (it lags after a Redis outage), and they are dropped.
+            resumed = EventId.parse(last_event_id)
+            conn.put_front(list(replay.events), min_seq=resumed.seq if resumed else 0)
 
     def close_stream(self, conn: Connection) -> None:
         """Unregister ``conn`` (the writer calls this when the stream ends, however)."""
@@ -589,7 +661,7 @@ class Hub:
         if conn not in self._live:
             return
         self._live.discard(conn)
-        self._pending_replay.pop(conn, None)
+        self._waiting.pop(conn, None)
         self._backlogged.discard(conn)
         for pattern in conn.patterns:
             self._index.discard(pattern, conn)
@@ -619,8 +691,13 @@ class Hub:
     async def _tick(self) -> None:
         now = time.monotonic()
         idle_after = self.settings.keepalive
+        waiting = self._waiting
         for conn in list(self._live):
             if conn.retire_at is not None and now >= conn.retire_at:
+                if conn.holding:
+                    # Its events wait for what goes first (a replay, a check): sent alone
+                    # they would skip it. Its client resumes from where it started.
+                    conn.drop_events()
                 if conn.principal.expires_at is not None and time.time() >= (
                     conn.principal.expires_at - 0.001
                 ):
@@ -635,14 +712,26 @@ class Hub:
                     conn.close("auth_expired")
                 else:
                     conn.close("max_age")
-            elif not conn.holding and now - conn.last_write >= idle_after and not conn.queued:
-                conn.push_raw(KEEPALIVE)
-        for conn, last_id in list(self._pending_replay.items()):
+            elif now - conn.last_write < idle_after:
+                continue
+            elif not conn.holding:
+                if not conn.queued:
+                    conn.push_raw(KEEPALIVE)
+            elif conn in waiting:
+                # Held until the backend answers: its client must still see it alive.
+                conn.send_ahead(KEEPALIVE)
+        for conn, steps in list(waiting.items()):
+            if conn not in waiting:
+                continue  # ended while an earlier one was retried
             try:
-                await self._resume(conn, last_id)
+                await self._advance(conn, steps)
             except BackendUnavailable:
                 break
-            self._pending_replay.pop(conn, None)
+            except Exception:
+                logger.exception("starting a held stream failed; ending it")
+                conn.drop_events()
+                conn.close("end")
+            waiting.pop(conn, None)
             conn.release()
 
     # -- introspection -------------------------------------------------------------------
@@ -707,6 +796,14 @@ class Hub:
         from tidings.web.app import create_app
 
         return create_app(self)
+
+
+def _task_of(pattern: str) -> str | None:
+    """The task id of an exact task topic ``tasks/<id>`` (no wildcard), else ``None``."""
+    prefix, _, rest = pattern.partition("/")
+    if prefix != "tasks" or not rest or "/" in rest or rest in ("*", "**"):
+        return None
+    return rest
 
 
 def check_patterns(patterns: Sequence[str]) -> tuple[str, ...]:

@@ -50,14 +50,13 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final, cast
 
-import orjson
 import redis
 import redis.asyncio
 
 from tidings.client.transport import Call, Operation
 from tidings.config import Settings
 from tidings.errors import InvalidEvent, NotAuthorized
-from tidings.events import Draft, make_draft
+from tidings.events import Draft, dumps_json, make_draft
 from tidings.tasks.model import (
     Task,
     TaskEvent,
@@ -196,10 +195,7 @@ def _drafts(event: Callable[[Task], TaskEvent], max_bytes: int) -> Callable[[Tas
 
 def _check_size(value: JSON, name: str, limit: int) -> None:
     """As a hub checks ``metadata``: JSON, and no larger than an event may be."""
-    try:
-        size = len(orjson.dumps(value))
-    except (TypeError, orjson.JSONEncodeError) as exc:
-        raise InvalidEvent(f"{name} is not JSON-serializable: {exc}") from exc
+    size = len(dumps_json(value, name))
     if size > limit:
         raise InvalidEvent(f"{name} is {size} bytes as JSON; the limit is {limit}")
 

@@ -49,14 +49,13 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import functools
 import importlib
 import importlib.util
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Final
-
-import orjson
 
 from tidings.auth.principal import Principal
 from tidings.backends.base import Replay
@@ -68,7 +67,7 @@ from tidings.errors import (
     ShuttingDown,
     TaskNotFound,
 )
-from tidings.events import MAX_ID_BYTES, Draft, Event, EventId, make_draft
+from tidings.events import MAX_ID_BYTES, Draft, Event, EventId, dumps_json, make_draft
 from tidings.tasks.memory import MemoryTaskStore
 from tidings.tasks.model import (
     STREAM_END_TYPES,
@@ -168,6 +167,9 @@ def event_draft(task: Task, item: TaskEvent, *, max_bytes: int | None = None) ->
         type=item.type,
         priority=_PRIORITY.get(item.type, "normal"),
         max_bytes=max_bytes,
+        # The values a client gave (metadata, result, details) were checked by the model;
+        # the payload nests them one level down.
+        limit_depth=False,
     )
 
 
@@ -344,7 +346,11 @@ class TaskService:
         return [self._current(task) for task in tasks]
 
     async def count_active(self) -> int:
-        """How many tasks are pending or running (0 before :meth:`start`)."""
+        """How many tasks are pending or running (0 before :meth:`start`).
+
+        Raises:
+            BackendUnavailable: the store cannot be read (``/stats`` then shows ``null``).
+        """
         if self._store is None:
             return 0
         return await self._store.count_active()
@@ -573,6 +579,13 @@ class TaskService:
         holds them, the state is sent. Live events follow, de-duplicated against the
         snapshot; the stream ends after the terminal event (or ``task_deleted``).
 
+        While the store cannot be read (Redis down) the stream is accepted all the same
+        (SPEC §3: a 5xx would stop a browser's EventSource for good) and held: it sends
+        keep-alive comments only, and starts as above once the store answers. If the task
+        then turns out not to exist or not to be visible to ``principal`` (or
+        ``last_event_id`` is its terminal event's id), nothing about the task was sent: the
+        stream ends cleanly, and the client's reconnect gets the 404 (or 204).
+
         Returns:
             The connection, or ``None`` when ``last_event_id`` is the id of the task's
             terminal event: the client has everything (answer ``204``).
@@ -587,27 +600,71 @@ class TaskService:
             raise InvalidTopic(
                 f"Last-Event-ID is over {MAX_ID_BYTES} bytes", code="invalid_last_event_id"
             )
-        store = self.store
-        async with self._locks.hold(task_id):
-            task = self._current(await store.get(task_id))
+        try:
+            task: Task | None = self._current(await self.store.get(task_id))
+        except BackendUnavailable:
+            task = None  # decided once the store answers (see _open)
+        if task is not None:
             if not may_read(principal, task):
                 raise TaskNotFound(f"no task {task_id}")
-            if last_event_id and task.terminal and last_event_id == task.last_event_id:
+            if _ended_at(task, last_event_id):
                 return None
+        return await self._hub.open_stream(
+            [f"tasks/{task_id}"],
+            principal=principal,
+            end_types=STREAM_END_TYPES,
+            task_id=task_id,
+            ip=ip,
+            opening=functools.partial(self._open, task_id, principal, last_event_id),
+        )
 
-            async def opening(conn: Connection) -> None:
-                # Runs after the connection is in the hub's index, under this task's lock:
-                # nothing of this task is published between this read and live delivery.
-                await self._fill(conn, self._current(await store.get(task_id)), last_event_id)
+    async def owns(self, task_id: str, principal: Principal) -> bool:
+        """Whether the task ``task_id`` exists and belongs to ``principal``'s user.
 
-            return await self._hub.open_stream(
-                [f"tasks/{task_id}"],
-                principal=principal,
-                end_types=STREAM_END_TYPES,
-                task_id=task_id,
-                ip=ip,
-                opening=opening,
-            )
+        A user may always subscribe to its own tasks' topics (SPEC §5); the hub asks this
+        for a ``tasks/<id>`` topic that no grant allows.
+
+        Raises:
+            BackendUnavailable: the store cannot be read.
+        """
+        if principal.user is None:
+            return False
+        try:
+            task = await self.store.get(validate_task_id(task_id))
+        except (InvalidEvent, TaskNotFound):
+            return False
+        return task.owner == principal.user
+
+    async def _open(
+        self,
+        task_id: str,
+        principal: Principal,
+        last_event_id: str | None,
+        conn: Connection,
+    ) -> None:
+        """Queue a task stream's first events (the stream's ``opening``, see
+        :meth:`Hub.open_stream`).
+
+        The hub calls this once the stream is registered, and again from its ticker while
+        it raises :class:`BackendUnavailable` (the store does not answer). It runs under
+        the task's lock, so nothing of this task is published between the read and live
+        delivery. Events the stream queued before (live, while it waited) were published
+        before the read, so what is read covers them: they are dropped, and each event
+        reaches the client once, in order.
+        """
+        async with self._locks.hold(task_id):
+            conn.drop_events()
+            try:
+                task: Task | None = self._current(await self.store.get(task_id))
+            except TaskNotFound:
+                task = None
+            if task is None or not may_read(principal, task) or _ended_at(task, last_event_id):
+                # Only possible when the stream was accepted before the store could say (or
+                # the task was deleted meanwhile): nothing about the task was sent, so end
+                # the stream; the reconnect gets the 404 (or the 204) it would have got.
+                conn.close("end")
+                return
+            await self._fill(conn, task, last_event_id)
 
     async def _fill(self, conn: Connection, task: Task, last_event_id: str | None) -> None:
         """Queue a new stream's first events: the replay after ``last_event_id``, or state."""
@@ -618,19 +675,25 @@ class TaskService:
             except BackendUnavailable:
                 replay = None  # state, never silence
             if replay is not None and replay.gap is None:
-                for event in replay.events:
-                    conn.push(event)
-                if replay.events:
-                    conn.min_seq = max(conn.min_seq, replay.events[-1].seq)
+                # In front of the live events queued while history was read, without those
+                # it covers: nothing up to the client's id or the last replayed one again,
+                # even if the node's reader delivers it late (it lags after a Redis outage).
+                resumed = EventId.parse(last_event_id)
+                conn.put_front(list(replay.events), min_seq=resumed.seq if resumed else 0)
                 if task.terminal and conn.close_reason is None:
                     # The client is past the terminal event's recorded id (another node's
                     # record lagged): end the stream with the state rather than hang.
-                    await self._push_state(conn, task)
+                    await self._push_state(conn, task, first=False)
                 return
         await self._push_state(conn, task)
 
-    async def _push_state(self, conn: Connection, task: Task) -> None:
+    async def _push_state(self, conn: Connection, task: Task, *, first: bool = True) -> None:
         """Queue ``task``'s state (:func:`snapshot_events`), de-duplicated against live events.
+
+        As the stream's ``first`` events, the live events queued while the state was read
+        that it covers (up to the task's latest event) are dropped, and the state goes in
+        front of newer ones, so each reaches the client once, in order; otherwise it is
+        queued after them.
 
         The events carry the task's latest event id. If that id is from an earlier history
         (a restarted memory backend: the store kept the task, the backend did not keep its
@@ -647,6 +710,12 @@ class TaskService:
         current = latest is None or (ident is not None and ident.epoch == latest.epoch)
         if not current and not task.terminal:
             ident, current = latest, True
+        if ident is not None and ident.seq > 0 and first and current:
+            conn.drop_events(through=ident.seq)
+            if conn.queued:  # newer events came meanwhile (from another node): after it
+                items = snapshot_events(task)
+                conn.put_front([Event.from_draft(self._draft(task, i), ident) for i in items])
+                return
         for item in snapshot_events(task):
             draft = self._draft(task, item)
             if ident is not None and ident.seq > 0:
@@ -775,10 +844,7 @@ class TaskService:
         return event_draft(task, item, max_bytes=self._hub.settings.max_event_bytes)
 
     def _check_json(self, value: JSON, name: str) -> None:
-        try:
-            size = len(orjson.dumps(value))
-        except (TypeError, orjson.JSONEncodeError) as exc:
-            raise InvalidEvent(f"{name} is not JSON-serializable: {exc}") from exc
+        size = len(dumps_json(value, name))
         limit = self._hub.settings.max_event_bytes
         if size > limit:
             raise InvalidEvent(f"{name} is {size} bytes as JSON; the limit is {limit}")
@@ -804,9 +870,16 @@ class TaskService:
                 await self._record(task, appended.id)
 
     async def _maintain_forever(self) -> None:
+        """Republish refused events and purge expired tasks, until cancelled.
+
+        A store that cannot be reached (Redis down) is an outage, not a bug: one warning
+        when it starts and one line when it ends, as the Redis backend logs its link, and
+        no traceback. Anything else is logged with its traceback and retried.
+        """
         retention = self._hub.settings.task_retention
         purge_every = min(60.0, max(_MAINTENANCE_INTERVAL, retention / 10))
         next_purge = time.monotonic() + _MAINTENANCE_INTERVAL
+        down_since: float | None = None
         while True:
             await asyncio.sleep(_MAINTENANCE_INTERVAL)
             try:
@@ -817,8 +890,29 @@ class TaskService:
                     await self.purge_expired()
             except asyncio.CancelledError:
                 raise
+            except BackendUnavailable as exc:
+                if down_since is None:
+                    down_since = time.monotonic()
+                    logger.warning(
+                        "task store is unreachable (%s); task maintenance paused, retrying",
+                        exc.__cause__ or exc.message,
+                    )
+                # Purge at the next step, not a minute later: its success ends the outage.
+                next_purge = time.monotonic()
             except Exception:
                 logger.exception("task maintenance failed; retrying in %.0f s", purge_every)
+            else:
+                if down_since is not None:
+                    logger.warning(
+                        "task store is reachable again after %.1f s; task maintenance resumed",
+                        time.monotonic() - down_since,
+                    )
+                    down_since = None
+
+
+def _ended_at(task: Task, last_event_id: str | None) -> bool:
+    """Whether ``last_event_id`` is the id of ``task``'s terminal event (answer 204)."""
+    return bool(last_event_id) and task.terminal and last_event_id == task.last_event_id
 
 
 def _check_lookup_id(task_id: str) -> None:

@@ -20,7 +20,7 @@ __all__ = ["render_metrics"]
 
 
 class _HubCollector(Collector):
-    def __init__(self, stats: HubStatistics, active_tasks: int) -> None:
+    def __init__(self, stats: HubStatistics, active_tasks: int | None) -> None:
         self.stats = stats
         self.active_tasks = active_tasks
 
@@ -46,16 +46,20 @@ class _HubCollector(Collector):
         yield GaugeMetricFamily(
             "tidings_queued_events", "Events waiting in stream queues.", value=s.queued_events
         )
-        yield GaugeMetricFamily(
-            "tidings_tasks_active", "Tasks pending or running.", value=self.active_tasks
-        )
+        if self.active_tasks is not None:
+            # Left out while the task store cannot be read: an absent sample is "unknown"
+            # to Prometheus, where 0 would be a wrong value.
+            yield GaugeMetricFamily(
+                "tidings_tasks_active", "Tasks pending or running.", value=self.active_tasks
+            )
         yield GaugeMetricFamily(
             "tidings_uptime_seconds", "Seconds since the hub started.", value=s.uptime_seconds
         )
 
 
-def render_metrics(hub: Hub, active_tasks: int) -> tuple[bytes, str]:
-    """The Prometheus exposition of ``hub`` and its content type."""
+def render_metrics(hub: Hub, active_tasks: int | None) -> tuple[bytes, str]:
+    """The Prometheus exposition of ``hub`` and its content type (``active_tasks`` is
+    ``None`` when unknown: the gauge is left out)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_HubCollector(hub.statistics(), active_tasks))
     return generate_latest(registry), CONTENT_TYPE_LATEST

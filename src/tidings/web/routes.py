@@ -13,7 +13,15 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import Scope
 
-from tidings.errors import BadRequest, InvalidEvent, InvalidTopic, NotAuthorized, RequestTooLarge
+from tidings.errors import (
+    BackendUnavailable,
+    BadRequest,
+    InvalidEvent,
+    InvalidTopic,
+    NotAuthorized,
+    RequestTooLarge,
+)
+from tidings.events import too_deep
 from tidings.hub import check_patterns
 from tidings.web.errors import TidingsRoute, error_response, render, validation_message
 from tidings.web.metrics import render_metrics
@@ -33,9 +41,13 @@ __all__ = [
 
 
 class PublishRequest(BaseModel):
-    """Body of ``POST /publish``."""
+    """Body of ``POST /publish``.
 
-    model_config = ConfigDict(extra="forbid")
+    Strict, as the task bodies are: a field of the wrong JSON type is a 422, never coerced
+    (``"retry": "5"``, ``true`` or ``5.0`` is not a number of milliseconds).
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     topic: str = Field(description="Topic to publish on, e.g. 'chat/general'.")
     type: str = Field("message", min_length=1, max_length=256, description="SSE event type.")
@@ -87,12 +99,20 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
+async def read_json_object(
+    request: Request, limit: int, *, nested: str = "the body"
+) -> dict[str, Any]:
     """The request body as a JSON object, read with a size limit.
+
+    An object too deep for the parser (over 1024 levels) is answered as a value nested
+    deeper than :data:`~tidings.events.MAX_JSON_DEPTH` is wherever it is checked: a 422
+    naming ``nested``, the body's free-form field (``data``, ``metadata``, ...), where the
+    depth can only be.
 
     Raises:
         RequestTooLarge: (413) the body is over ``limit``.
         BadRequest: (400) the body is not JSON, or not an object.
+        InvalidEvent: (422) the body is an object nested too deep to parse.
     """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -109,7 +129,10 @@ async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
         raise BadRequest("the client disconnected", code="client_disconnected") from None
     try:
         value = orjson.loads(body)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as exc:
+        reason = str(exc).lower()
+        if ("depth" in reason or "recursion" in reason) and body.lstrip()[:1] == b"{":
+            raise too_deep(nested) from None
         raise BadRequest("body is not valid JSON") from None
     if not isinstance(value, dict):
         raise BadRequest("body must be a JSON object")
@@ -176,7 +199,7 @@ async def publish_response(hub: Hub, request: Request) -> Response:
     try:
         principal = await resolve_principal(hub, request)
         hub.limits.check_publish(principal_key(principal, request))
-        raw = await read_json_object(request, hub.settings.max_body_bytes)
+        raw = await read_json_object(request, hub.settings.max_body_bytes, nested="data")
         try:
             body = PublishRequest.model_validate(raw)
         except ValidationError as exc:
@@ -243,7 +266,7 @@ def build_router(hub: Hub) -> APIRouter:
     async def stats(request: Request) -> dict[str, Any]:
         await _require_admin(hub, request)
         s = hub.statistics()
-        tasks_active = await hub.tasks.count_active()
+        tasks_active = await _active_tasks(hub)
         return {
             "connections": {
                 "total": s.connections,
@@ -265,7 +288,7 @@ def build_router(hub: Hub) -> APIRouter:
     @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def metrics(request: Request) -> Response:
         await _require_admin(hub, request)
-        body, content_type = render_metrics(hub, await hub.tasks.count_active())
+        body, content_type = render_metrics(hub, await _active_tasks(hub))
         return Response(body, media_type=content_type)
 
     @router.get("/healthz", summary="The process is up")
@@ -287,6 +310,15 @@ def build_router(hub: Hub) -> APIRouter:
     # The browser client, so an embedded app serves it under its prefix too.
     router.include_router(build_client_router())
     return router
+
+
+async def _active_tasks(hub: Hub) -> int | None:
+    """Tasks pending or running; ``None`` while the store cannot be read (Redis down): the
+    counters are most needed in an outage, so ``/stats`` and ``/metrics`` still answer."""
+    try:
+        return await hub.tasks.count_active()
+    except BackendUnavailable:
+        return None
 
 
 async def _require_admin(hub: Hub, request: Request) -> None:

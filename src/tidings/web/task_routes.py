@@ -128,13 +128,22 @@ def _task_response(task: Task, status: int = 200) -> Response:
     return Response(orjson.dumps(task.to_json()), status_code=status, media_type="application/json")
 
 
+#: The field of each body that holds any JSON value: where a body too deep to parse nests.
+_NESTED: dict[type[BaseModel], str] = {
+    CreateTaskRequest: "metadata",
+    CompleteTaskRequest: "result",
+    FailTaskRequest: "details",
+}
+
+
 async def _parse(request: Request, model: type[M], limit: int) -> M:
     """The request body validated by ``model``; no body at all counts as ``{}``."""
     headers = request.headers
     empty = headers.get("content-length") == "0" or (
         "content-length" not in headers and "transfer-encoding" not in headers
     )
-    raw: dict[str, Any] = {} if empty else await read_json_object(request, limit)
+    nested = _NESTED.get(model, "the body")
+    raw: dict[str, Any] = {} if empty else await read_json_object(request, limit, nested=nested)
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
