@@ -6,9 +6,11 @@ preflights) and check exactly the headers a browser decides on.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 
 import httpx
+import orjson
 import pytest
 
 from tests._security import (
@@ -145,6 +147,30 @@ async def test_errors_carry_cors_headers_so_the_page_can_read_them(
     assert unauthenticated.headers["access-control-allow-origin"] == APP
     assert forbidden.headers["access-control-allow-origin"] == DEV
     assert "retry-after" in header_set(unauthenticated, "access-control-expose-headers")
+
+
+def test_requests_refused_before_the_app_answer_allowed_origins(server: ServerProcess) -> None:
+    """Headers too large, or a request that is not HTTP: refused by the server protocol
+    itself, in JSON and with the CORS headers, so the page can read why."""
+    refused = {
+        431: b"GET /healthz HTTP/1.1\r\nHost: x\r\nOrigin: %s\r\nX-Big: %s\r\n\r\n"
+        % (APP.encode(), b"a" * 40_000),
+        400: b"POST /publish HTTP/1.1\r\nHost: x\r\nOrigin: %s\r\nContent-Length: abc\r\n\r\n"
+        % APP.encode(),
+    }
+    for status, request in refused.items():
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(request)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+        assert lines[0].startswith(f"HTTP/1.1 {status} ")
+        assert headers["access-control-allow-origin"] == APP
+        assert headers["content-type"] == "application/json"
+        assert "code" in orjson.loads(body)["error"]
 
 
 async def test_an_unlisted_origin_gets_no_cors_headers(server: ServerProcess) -> None:

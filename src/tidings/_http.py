@@ -288,6 +288,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     # -- refusal -------------------------------------------------------------------------
 
+    def _refusal_headers(self) -> list[tuple[bytes, bytes]]:
+        """Headers for a refusal besides the error body's (a subclass adds CORS)."""
+        return []
+
     def _refuse(self, status: int, code: str, message: str) -> None:
         """Answer ``status`` with the JSON error body and close, unless a response runs."""
         self._disarm()
@@ -312,6 +316,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         for name, value in self.server_state.default_headers:
             head.append(name + b": " + value + b"\r\n")
         head.append(b"content-type: application/json\r\n")
+        for name, value in self._refusal_headers():
+            head.append(name + b": " + value + b"\r\n")
         head.append(b"content-length: %d\r\n" % len(body))
         head.append(b"connection: close\r\n\r\n")
         transport.write(b"".join(head) + body)

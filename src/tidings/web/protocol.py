@@ -232,6 +232,16 @@ class StreamingProtocol(GuardedHttpToolsProtocol):
         self._log_access(scope, status)
         transport.close()
 
+    def _refusal_headers(self) -> list[tuple[bytes, bytes]]:
+        # A refused request (408, 431, a JSON 400) answers an allowed origin too, so the
+        # page can read why, if its Origin header arrived before the refusal (a 414 comes
+        # while the URL is read, before any header).
+        hub = self._hub
+        if hub is None or not hub.settings.cors_origin:
+            return []
+        origin = next((v for n, v in self.headers or () if n == b"origin"), None)
+        return cors_headers(hub.settings.cors_origin, origin)
+
     def _cors(self, scope: dict[str, Any]) -> list[tuple[bytes, bytes]]:
         hub = self._hub
         if hub is None or not hub.settings.cors_origin:
