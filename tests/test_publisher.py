@@ -264,6 +264,7 @@ def test_an_exception_fails_the_task_and_is_reraised(pub: Publisher) -> None:
         "bad row 7",
         {"type": "ValueError"},
     )
+    assert task.current == 2  # the work done before the error, though throttled
 
 
 def test_an_interrupt_cancels_the_task(pub: Publisher) -> None:

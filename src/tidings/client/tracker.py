@@ -17,6 +17,7 @@ worth knowing:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import (
@@ -185,6 +186,8 @@ class Tracker:
             return  # cancelled or finished elsewhere: nothing to report
         try:
             if isinstance(exc, Exception):
+                with contextlib.suppress(TidingsError):
+                    self.flush()  # the work done before the error stays on record
                 error, details = _fail_fields(exc)
                 self.task = self.publisher.fail(self._id, error=error, details=details)
             else:
@@ -327,6 +330,8 @@ class AsyncTracker:
             return
         try:
             if isinstance(exc, Exception):
+                with contextlib.suppress(TidingsError):
+                    await self.flush()  # the work done before the error stays on record
                 error, details = _fail_fields(exc)
                 self.task = await self.publisher.fail(self._id, error=error, details=details)
             else:
