@@ -95,6 +95,7 @@ async def test_an_exception_publishes_request_error_with_its_type_only_and_is_re
     error = recorder.data()[1]
     assert error["error"] == "ValueError"
     assert error["path"] == "/boom"
+    assert error["status"] == 500  # nothing was sent: the server answers 500
     assert "secret detail" not in repr(recorder.events)
 
 

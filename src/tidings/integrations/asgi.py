@@ -78,8 +78,9 @@ class RequestEvents:
 
     - ``request_start``: ``client`` (the peer address, or ``null``), ``at`` (Unix time);
     - ``request_complete``: ``status``, ``duration_ms``;
-    - ``request_error``: ``error`` (the exception's type name), ``status`` (what was sent
-      before the failure, or ``null``), ``duration_ms``; the exception is re-raised.
+    - ``request_error``: ``error`` (the exception's type name), ``status`` (what the client
+      gets: the status sent before the failure, else 500, which the server answers for an
+      unhandled error), ``duration_ms``; the exception is re-raised.
 
     ``request_id`` is the request's ``X-Request-ID`` when it has a plausible one, else a
     random id. WebSocket and lifespan traffic pass through untouched.
@@ -146,7 +147,7 @@ class RequestEvents:
                 {
                     **base,
                     "error": type(exc).__qualname__,
-                    "status": status,
+                    "status": 500 if status is None else status,
                     "duration_ms": _ms_since(started),
                 },
             )
