@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import signal
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, wait_for
 from tidings.cli import main
 
 
@@ -65,6 +69,10 @@ def test_bench_without_a_url_runs_its_own_hub() -> None:
         (["--topic", "bad topic"], "tidings: invalid topic 'bad topic'"),
         (["--url", "nowhere"], "tidings: invalid --url: 'nowhere'"),
         (["--subscribers", "many"], "tidings: argument --subscribers: invalid int value"),
+        (["--url", "http://x:99999"], "tidings: invalid --url: 'http://x:99999'"),
+        (["--url", "http://[bad"], "tidings: invalid --url: 'http://[bad'"),
+        (["--timeout", "inf"], "tidings: --timeout must be from 0 to 86400 seconds"),
+        (["--payload-bytes", "100000000000"], "tidings: --payload-bytes must be from 0 to"),
     ],
 )
 def test_bench_with_bad_flags_is_one_clear_line(
@@ -86,3 +94,57 @@ def test_bench_against_an_unreachable_hub_is_one_clear_line(
         "tidings: no stream could be opened on http://127.0.0.1:9: cannot connect"
     )
     assert err.count("\n") == 1
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # it just ended
+        if int(stat.rpartition(")")[2].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def test_sigterm_stops_the_bench_and_its_own_hub() -> None:
+    # A test runner may start us with SIGINT ignored; give the bench the default, as a
+    # terminal would (SIGTERM is then handled as Ctrl-C).
+    launcher = (
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+        "os.execv(sys.executable, [sys.executable, '-m', 'tidings', *sys.argv[1:]])"
+    )
+    argv = ["bench", "--subscribers", "5", "--events", "5000", "--rate", "50", "--timeout", "300"]
+    bench = subprocess.Popen(
+        [sys.executable, "-c", launcher, *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: bool(children(bench.pid)), 20, "the bench to start its hub")
+        [hub] = children(bench.pid)
+        args = Path(f"/proc/{hub}/cmdline").read_text().split("\0")
+        port = int(args[args.index("--port") + 1])
+
+        def answers() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).is_success
+            except httpx.HTTPError:
+                return False
+
+        wait_for(answers, 20, "the bench's hub to answer")
+        bench.send_signal(signal.SIGTERM)
+        out, err = bench.communicate(timeout=30)
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+    assert bench.returncode == 130, err
+    assert "Traceback" not in out + err
+    wait_for(lambda: not Path(f"/proc/{hub}").exists(), 10, "the bench's hub to end")
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", port)) != 0

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import threading
 
 import orjson
+import pytest
 
 from tests.conftest import ServerProcess, wait_for
 
@@ -105,3 +108,62 @@ def test_tail_with_a_bad_topic_is_one_clear_line() -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("tidings: ")
     assert result.stderr.count("\n") == 1
+
+
+BAD_URLS = ["notaurl", "ftp://x", "http://[bad", "http://x:99999", "http://x:abc", "http://x:0"]
+
+
+@pytest.mark.parametrize("url", BAD_URLS)
+@pytest.mark.parametrize(
+    "command", [["publish", "chat/general", "1"], ["tail", "chat/general"], ["watch", "t1"]]
+)
+def test_a_bad_url_is_exit_code_2_at_once(command: list[str], url: str) -> None:
+    """Every client command checks --url the same way, before it connects (or retries)."""
+    result = tidings(*command, "--url", url)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"tidings: invalid --url: {url!r} (expected e.g. http://")
+    assert result.stderr.count("\n") == 1
+
+
+def test_tail_says_once_that_the_hub_is_unreachable_while_it_retries() -> None:
+    """A hub that closes every connection: tail retries, and says so in one line, not one a try."""
+    attempts = 0
+    stop = threading.Event()
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.settimeout(0.1)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+        def refuse_all() -> None:
+            nonlocal attempts
+            while not stop.is_set():
+                try:
+                    conn, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                attempts += 1
+                conn.close()
+
+        refuser = threading.Thread(target=refuse_all)
+        refuser.start()
+        tail = subprocess.Popen(
+            [sys.executable, "-u", "-m", "tidings", "tail", "chat/general", "--url", url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_for(lambda: attempts >= 2, 30, "tail to try twice")
+        finally:
+            tail.terminate()
+            out, err = tail.communicate(timeout=10)
+            stop.set()
+            refuser.join()
+    assert out == ""
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"tidings: cannot reach {url} (")
+    assert lines[0].endswith("; retrying until it answers")

@@ -231,7 +231,8 @@ async def test_clients_of_a_killed_node_resume_exactly_on_another(
 async def test_serve_with_two_workers_shares_the_backend(
     server_factory: ServerFactory, redis_url: str, http: httpx.AsyncClient
 ) -> None:
-    server = server_factory("--workers", "2", "--backend", redis_url)
+    # Tasks in Redis too: a memory store would be one per worker (refused with --workers).
+    server = server_factory("--workers", "2", "--backend", redis_url, "--store", "redis")
     async with contextlib.AsyncExitStack() as stack:
         # Several streams: the kernel spreads them over both workers.
         readers = [await stack.enter_async_context(stream(http, server.url)) for _ in range(6)]

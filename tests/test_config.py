@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pydantic import SecretStr
 
 from tests._security import SECRET, bearer, running_server, token
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_for
 from tidings.cli import build_parser, serve_parser_flags
 from tidings.config import Settings, is_loopback, load_settings
 from tidings.errors import ConfigError
@@ -85,6 +86,44 @@ def assert_one_line(result: subprocess.CompletedProcess[str], *needles: str) -> 
         (("--jwt-secret", "too-short"), "--jwt-secret"),
         (("--jwt-public-key", "/no/such/key.pem"), "--jwt-public-key"),
         (("--jwt-secret", SECRET, "--jwt-public-key", "/x.pem"), "--jwt-public-key"),
+        # Durations and rates: never infinite, never beyond what a timer holds.
+        (("--shutdown-grace", "inf"), "--shutdown-grace"),
+        (("--shutdown-grace", "1e400"), "--shutdown-grace"),
+        (("--shutdown-grace", "1e300"), "--shutdown-grace"),
+        (("--keepalive", "nan"), "--keepalive"),
+        (("--history-ttl", "inf"), "--history-ttl"),
+        (("--request-timeout", "1e400"), "--request-timeout"),
+        (("--max-connection-age", "inf"), "--max-connection-age"),
+        (("--task-retention", "1e300"), "--task-retention"),
+        (("--connect-rate-limit", "inf"), "--connect-rate-limit"),
+        (("--publish-rate-limit", "nan"), "--publish-rate-limit"),
+        (("--retry", "99999999999"), "--retry"),
+        (("--history-size", "1" + "0" * 30), "--history-size"),
+        (("--queue-size", "1" + "0" * 30), "--queue-size"),
+        # URLs that can only fail later.
+        (("--store", "sqlite:///"), "--store"),
+        (("--store", "sqlite:///./data/"), "--store"),
+        (("--backend", "redis://localhost:abc/0"), "--backend"),
+        (("--backend", "redis://localhost:99999/0"), "--backend"),
+        (("--backend", "redis://localhost/notadb"), "--backend"),
+        (("--backend", "redis://localhost/0?db=x"), "--backend"),
+        (("--backend", "redis:///0"), "--backend"),
+        (("--host", "[not-ipv6]"), "--host"),
+        (("--host", ""), "--host"),
+        # Origins a browser never sends.
+        (("--cors-origin", "https://*.example.com"), "--cors-origin"),
+        (("--cors-origin", "https://a.example:abc"), "--cors-origin"),
+        (("--cors-origin", "https://a.example:99999"), "--cors-origin"),
+        (("--cors-origin", "https://user@a.example"), "--cors-origin"),
+        (("--cors-origin", "ftp://a.example"), "--cors-origin"),
+        (("--jwt-audience", ""), "--jwt-audience"),
+        (("--jwt-issuer", " "), "--jwt-issuer"),
+        # Several workers need one task store they all see (and one backend).
+        (("--workers", "2", "--backend", "redis://127.0.0.1:1/0", "--store", "memory"), "--store"),
+        (
+            ("--workers", "2", "--backend", "redis://127.0.0.1:1/0", "--store", "sqlite:///"),
+            "--store",
+        ),
     ],
 )
 def test_a_bad_value_stops_start_up_with_one_line_naming_the_setting(
@@ -92,6 +131,44 @@ def test_a_bad_value_stops_start_up_with_one_line_naming_the_setting(
 ) -> None:
     line = assert_one_line(serve(*args), flag)
     assert f"TIDINGS_{flag[2:].replace('-', '_').upper()}" in line
+
+
+def test_the_log_level_error_lists_every_level_and_trace_is_one() -> None:
+    line = assert_one_line(serve("--log-level", "loud"), "--log-level")
+    assert "critical, error, warning, info, debug, trace" in line
+    assert load_settings(log_level="TRACE").log_level == "trace"
+
+
+def test_a_refused_redis_url_does_not_show_its_password() -> None:
+    line = assert_one_line(
+        serve("--backend", "redis://:hunter2-secret@localhost/notadb"), "--backend", "'notadb'"
+    )
+    assert "hunter2-secret" not in line
+
+
+def test_origins_are_written_as_browsers_send_them() -> None:
+    """A default port is dropped and the host lower-cased: ``Origin`` never has either."""
+    settings = load_settings(
+        cors_origin=[
+            "https://App.Example.com:443",
+            "https://app.example.com",
+            "http://localhost:80",
+            "http://localhost:5173",
+            "http://[0:0::1]:8080",
+            "*",
+        ]
+    )
+    assert settings.cors_origin == [
+        "https://app.example.com",
+        "http://localhost",
+        "http://localhost:5173",
+        "http://[::1]:8080",
+        "*",
+    ]
+
+
+def test_a_bracketed_ipv6_host_is_the_address_inside() -> None:
+    assert load_settings(host="[::1]").host == "::1"
 
 
 def test_a_bad_environment_value_names_the_variable() -> None:
@@ -124,6 +201,135 @@ def test_unusable_public_keys_are_refused_at_start_up(tmp_path: Path) -> None:
         line = assert_one_line(serve("--jwt-public-key", str(path)), "--jwt-public-key", needle)
         assert "PRIVATE" not in line
         assert_one_line(serve(env={"TIDINGS_JWT_PUBLIC_KEY": text}), "--jwt-public-key")
+
+
+def test_a_public_key_file_that_is_not_pem_is_one_line(tmp_path: Path) -> None:
+    """A DER key (binary, not UTF-8) is refused with a hint, not a UnicodeDecodeError."""
+    der = (
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    path = tmp_path / "key.der"
+    path.write_bytes(der)
+    assert_one_line(serve("--jwt-public-key", str(path)), "--jwt-public-key", "not a PEM file")
+
+
+# -- what start-up opens -----------------------------------------------------------------------
+
+
+def test_a_port_in_use_is_one_line_naming_host_and_port() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "tidings", "serve", "--port", str(port), "--store", "memory"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert_one_line(
+        result, f"cannot listen on 127.0.0.1:{port}", "--host/--port", "address already in use"
+    )
+
+
+def test_a_host_that_does_not_resolve_is_one_line() -> None:
+    assert_one_line(
+        serve("--host", "nosuch.invalid", "--insecure"),
+        "cannot listen on nosuch.invalid:",
+        "--host/--port",
+    )
+
+
+def test_a_bracketed_ipv6_loopback_host_serves() -> None:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    port = free_port()
+    argv = ["serve", "--host", "[::1]", "--port", str(port), "--store", "memory"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tidings", *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+
+        def up() -> bool:
+            assert proc.poll() is None, "the hub exited"
+            try:
+                return httpx.get(f"http://[::1]:{port}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(up, 20, "the hub on [::1]")
+    finally:
+        proc.terminate()
+        proc.wait(20)
+
+
+@pytest.mark.parametrize("kind", ["directory", "not-a-database", "no-such-directory"])
+def test_a_store_that_cannot_be_opened_is_one_line(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "tasks.db"
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "not-a-database":
+        path.write_text("these are not the tasks you are looking for\n" * 100)
+    else:
+        blocker = tmp_path / "file"
+        blocker.write_text("")
+        path = blocker / "tasks.db"  # its directory would be a file
+    line = assert_one_line(serve("--store", f"sqlite:///{path}"), "--store", "cannot open")
+    assert "Traceback" not in line
+
+
+#: Makes every hub's start fail, as a broken store or backend would (a sitecustomize, so
+#: that worker processes, started afresh, fail too).
+BROKEN_START = """
+import tidings.hub
+from tidings.errors import BackendUnavailable
+
+
+async def _start(self):
+    try:
+        raise OSError("the disk is on fire")
+    except OSError as exc:
+        raise BackendUnavailable("the task store failed") from exc
+
+
+tidings.hub.Hub.start = _start
+"""
+
+
+def _broken_start_env(tmp_path: Path) -> dict[str, str]:
+    (tmp_path / "sitecustomize.py").write_text(BROKEN_START)
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)
+    return {"PYTHONPATH": path}
+
+
+def test_a_failed_start_is_one_log_line_and_exit_code_1(tmp_path: Path) -> None:
+    result = serve("--store", "memory", env=_broken_start_env(tmp_path))
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
+    assert errors[0].endswith("the task store failed: the disk is on fire"), errors
+
+
+def test_a_worker_that_fails_to_start_stops_the_hub_with_exit_code_1(tmp_path: Path) -> None:
+    result = serve(
+        "--workers", "2", "--backend", "redis://127.0.0.1:1/0",
+        "--store", f"sqlite:///{tmp_path / 'tasks.db'}",
+        env=_broken_start_env(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "the task store failed: the disk is on fire" in result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("tidings: "), last
+    assert "workers failed to start" in last
 
 
 # -- safe defaults -----------------------------------------------------------------------------

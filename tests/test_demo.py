@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import httpx
+import pytest
 
 from tests.conftest import ServerProcess, SSEReader, free_port, open_sse
 from tidings.client import AsyncPublisher
@@ -112,4 +113,59 @@ def test_a_port_in_use_is_one_clear_line(server: ServerProcess) -> None:
     )
     assert demo.returncode == 2
     assert demo.stderr.startswith(f"tidings: port {server.port} is in use")
+    assert demo.stderr.count("\n") == 1
+
+
+def test_sigterm_stops_the_demo_and_its_hub_too() -> None:
+    port = free_port()
+    demo = subprocess.Popen(
+        demo_command("--port", str(port)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=demo_env(),
+    )
+    try:
+        assert demo.stdout is not None
+        while not (line := demo.stdout.readline()).startswith("  task "):
+            assert line, "the demo ended before it started a task"
+        demo.send_signal(signal.SIGTERM)
+        out, err = demo.communicate(timeout=30)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    assert demo.returncode == 0
+    assert err == "tidings demo: stopped\n"
+    assert "Traceback" not in out
+    with socket.socket() as sock:  # its hub is gone too, not left running on its own
+        assert sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.mark.parametrize("port", ["99999", "65536", "-1", "0", "eighty"])
+def test_a_bad_port_is_one_clear_line(port: str) -> None:
+    demo = subprocess.run(
+        demo_command("--port", port),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=demo_env(),
+        check=False,
+    )
+    assert demo.returncode == 2
+    assert demo.stderr.startswith("tidings: argument --port: expected a port from 1 to 65535")
+    assert demo.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("speed", ["0", "-1", "inf", "nan"])
+def test_a_bad_speed_is_one_clear_line(speed: str) -> None:
+    demo = subprocess.run(
+        demo_command("--speed", speed, "--url", "http://127.0.0.1:9"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=demo_env(),
+        check=False,
+    )
+    assert demo.returncode == 2
+    assert demo.stderr.startswith("tidings: invalid --speed")
     assert demo.stderr.count("\n") == 1

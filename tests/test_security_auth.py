@@ -36,6 +36,8 @@ from tests._security import (
     topics,
 )
 from tests.conftest import ServerFactory, ServerProcess, free_port, wait_for
+from tidings.auth.jwt import principal_from_claims
+from tidings.errors import NotAuthorized
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 # The shared servers of this module are not the place to test connection-rate limits.
@@ -54,6 +56,13 @@ def forged(
     if key is None:
         return signing_input + "."
     signature = hmac.new(key, signing_input.encode(), getattr(hashlib, digest)).digest()
+    return f"{signing_input}.{_b64(signature)}"
+
+
+def signed_raw(payload: bytes, key: bytes = SECRET.encode()) -> str:
+    """An HS256 token over ``payload`` as given: JSON that orjson cannot write (``1e400``)."""
+    signing_input = f"{_b64(orjson.dumps({'alg': 'HS256', 'typ': 'JWT'}))}.{_b64(payload)}"
+    signature = hmac.new(key, signing_input.encode(), hashlib.sha256).digest()
     return f"{signing_input}.{_b64(signature)}"
 
 
@@ -172,6 +181,14 @@ def _bad_hs_tokens() -> dict[str, str]:
         ),
         "garbage": "not.a.token",
         "empty_segments": "..",
+        # Dates no clock or timer holds, validly signed (a float overflowed in the hub).
+        "exp_huge_integer": signed_raw(b'{"sub": "alice", "exp": 1' + b"0" * 400 + b"}"),
+        "exp_1e400": signed_raw(b'{"sub": "alice", "exp": 1e400}'),
+        "exp_1e300": jwt.encode(claims(exp=1e300), SECRET, algorithm="HS256"),
+        "exp_string": jwt.encode(claims(exp=str(now + 3600)), SECRET, algorithm="HS256"),
+        "nbf_huge_integer": signed_raw(b'{"sub": "alice", "nbf": -1' + b"0" * 400 + b"}"),
+        "iat_huge_integer": signed_raw(b'{"sub": "alice", "iat": 1' + b"0" * 400 + b"}"),
+        "iat_1e300": jwt.encode(claims(iat=-1e300), SECRET, algorithm="HS256"),
     }
 
 
@@ -187,6 +204,45 @@ async def test_bad_tokens_get_401_on_every_endpoint(hs_server: ServerProcess, ca
     expected = "token_expired" if case == "expired" else "invalid_token"
     for response in (stream, published, stats):
         expect_error(response, 401, expected)
+
+
+async def test_a_date_no_timer_holds_is_invalid_and_no_error_is_logged(
+    hs_server: ServerProcess,
+) -> None:
+    tokens = _bad_hs_tokens()
+    async with httpx.AsyncClient(base_url=hs_server.url, timeout=10) as http:
+        for case in ("exp_huge_integer", "exp_1e400", "nbf_huge_integer", "iat_huge_integer"):
+            response = await stream_status(http, topics("chat/general"), bearer(tokens[case]))
+            expect_error(response, 401, "invalid_token")
+    log = hs_server.log()
+    assert "Traceback" not in log
+    assert "OverflowError" not in log
+
+
+@pytest.mark.parametrize(
+    "dates",
+    [
+        {"exp": 10**400},
+        {"exp": float("inf")},
+        {"exp": 1e300},
+        {"exp": "2000000000"},
+        {"exp": True},
+        {"nbf": 10**400},
+        {"iat": float("nan")},
+    ],
+    ids=repr,
+)
+def test_principal_from_claims_refuses_dates_that_are_not_numbers_of_seconds(
+    dates: dict[str, Any],
+) -> None:
+    with pytest.raises(NotAuthorized) as refused:
+        principal_from_claims({"sub": "alice", **dates})
+    assert (refused.value.status, refused.value.code) == (401, "invalid_token")
+
+
+def test_principal_from_claims_keeps_a_real_expiry() -> None:
+    assert principal_from_claims({"sub": "a", "exp": 2_000_000_000}).expires_at == 2e9
+    assert principal_from_claims({"sub": "a", "exp": 2e9, "iat": 1, "nbf": 1.5}).expires_at == 2e9
 
 
 async def test_hs_rs_confusion_is_refused(
@@ -377,6 +433,30 @@ async def test_one_forbidden_pattern_refuses_the_whole_subscription(
     async with httpx.AsyncClient(base_url=hs_server.url, timeout=10) as http:
         response = await stream_status(http, topics("chat/a", "news"), bearer(alice))
     expect_error(response, 403, "forbidden")
+
+
+async def test_a_user_may_subscribe_to_its_own_tasks_topic(hs_server: ServerProcess) -> None:
+    """SPEC §5: a user may always subscribe to its own tasks. Audit item 7: a user whose
+    token has no ``tasks/...`` grant got 403 for ``tasks/<id>`` of a task it owns. Someone
+    else's task and a task that does not exist get the same 403, so ids don't leak."""
+    alice = bearer(token("alice", subscribe=["chat/**"]))
+    bob = bearer(token("bob", subscribe=["chat/**"]))
+    async with httpx.AsyncClient(base_url=hs_server.url, timeout=10) as http:
+        task_id = (await http.post("/tasks", json={}, headers=alice)).json()["task_id"]
+        async with open_stream(http, topics(f"tasks/{task_id}", "chat/a"), alice) as stream:
+            await http.post(f"/tasks/{task_id}/progress", json={"current": 1}, headers=alice)
+            event = await stream.next()
+        assert (event.event, orjson.loads(event.data)["sequence"]) == ("task_progress", 2)
+        refusals = {
+            "someone else's": (f"tasks/{task_id}", bob),
+            "unknown": ("tasks/no-such-task", alice),
+            "a wildcard": ("tasks/*", alice),
+            "below it": (f"tasks/{task_id}/**", alice),
+        }
+        for case, (topic, headers) in refusals.items():
+            response = await stream_status(http, topics(topic), headers)
+            error = expect_error(response, 403, "forbidden")
+            assert error["message"] == f"not allowed to subscribe to {topic!r}", case
 
 
 @pytest.mark.parametrize("sub", ["*", "**", "alice/inbox", "a b", ""])
@@ -576,6 +656,12 @@ async def test_tidings_token_mints_a_token_the_hub_accepts(hs_server: ServerProc
         (("--sub", "alice", "--jwt-secret", "short"), {}, "--jwt-secret"),
         (("--sub", "alice", "--ttl", "soon"), {"TIDINGS_JWT_SECRET": SECRET}, "--ttl"),
         (("--sub", "alice", "--subscribe", "a b"), {"TIDINGS_JWT_SECRET": SECRET}, "'a b'"),
+        (("--sub", ""), {"TIDINGS_JWT_SECRET": SECRET}, "--sub"),
+        (("--sub", "alice", "--ttl", "1e300"), {"TIDINGS_JWT_SECRET": SECRET}, "--ttl"),
+        (("--sub", "alice", "--ttl", "inf"), {"TIDINGS_JWT_SECRET": SECRET}, "--ttl"),
+        (("--sub", "alice", "--ttl", "3651d"), {"TIDINGS_JWT_SECRET": SECRET}, "--ttl"),
+        (("--sub", "alice", "--audience", ""), {"TIDINGS_JWT_SECRET": SECRET}, "--audience"),
+        (("--sub", "alice"), {"TIDINGS_JWT_SECRET": SECRET, "TIDINGS_JWT_ISSUER": ""}, "--issuer"),
     ],
 )
 def test_tidings_token_errors_are_one_line(

@@ -40,9 +40,16 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 from tidings._rawhttp import ChunkedDecoder, parse_head, stream_request
+from tidings.config import check_hub_url
 from tidings.errors import ConfigError, TidingsError
 
 __all__ = ["BenchResult", "add_bench_arguments", "bench", "run_bench"]
+
+
+#: The largest ``--payload-bytes`` (16 MiB: far over any hub's ``--max-event-bytes``).
+MAX_PAYLOAD_BYTES = 16 * 1024 * 1024
+#: The longest ``--timeout``, in seconds (a day).
+MAX_TIMEOUT = 86400.0
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
@@ -229,12 +236,10 @@ class _Target:
 
 
 def _target(url: str) -> _Target:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"invalid --url: {url!r} (expected e.g. http://127.0.0.1:8000)")
+    parts = urlsplit(check_hub_url(url))
     tls = parts.scheme == "https"
     return _Target(
-        host=parts.hostname,
+        host=parts.hostname or "",  # check_hub_url refuses a URL without a host
         port=parts.port or (443 if tls else 80),
         prefix=parts.path.rstrip("/"),
         tls=tls,
@@ -522,10 +527,10 @@ def run_bench(args: argparse.Namespace) -> int:
         raise ConfigError("--events must be at least 1")
     if not args.rate > 0 or args.rate == float("inf"):
         raise ConfigError("--rate must be a positive number of publishes per second")
-    if args.payload_bytes < 0:
-        raise ConfigError("--payload-bytes must be 0 or more")
-    if not args.timeout > 0:
-        raise ConfigError("--timeout must be positive")
+    if not 0 <= args.payload_bytes <= MAX_PAYLOAD_BYTES:
+        raise ConfigError(f"--payload-bytes must be from 0 to {MAX_PAYLOAD_BYTES}")
+    if not 0 < args.timeout <= MAX_TIMEOUT:
+        raise ConfigError(f"--timeout must be from 0 to {MAX_TIMEOUT:g} seconds")
     if args.events / args.rate >= args.timeout:
         raise ConfigError(
             f"publishing {args.events} events at {args.rate:g}/s takes longer than "

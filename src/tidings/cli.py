@@ -11,17 +11,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import os
+import signal
 import sys
 import types
 import typing
-from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from collections.abc import Callable, Iterator, Sequence
+from types import FrameType
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import orjson
 
-from tidings.config import Settings, is_loopback, load_settings
+from tidings.config import Settings, check_hub_url, is_loopback, load_settings
 from tidings.errors import ConfigError, InvalidTopic, TidingsError
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["main", "serve_parser_flags"]
 
@@ -137,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
         "chat/general and request events on dashboard:requests. Without --url it starts "
         "its own hub on 127.0.0.1 (memory store) and prints the dashboard's URL.",
     )
-    demo.add_argument("--port", type=int, default=8000, help="port of its own hub (default: 8000)")
+    demo.add_argument(
+        "--port", type=_port, default=8000, help="port of its own hub (default: 8000)"
+    )
     demo.add_argument("--speed", type=float, default=1.0, help="run N times as fast (default: 1)")
     demo.add_argument("--once", action="store_true", help="run each task once, then exit")
     _add_client_flags(demo, url_default=None)
@@ -238,6 +246,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _publish(args: argparse.Namespace) -> int:
     import httpx
 
+    url = check_hub_url(args.url)
     try:
         data = orjson.loads(args.data)
     except orjson.JSONDecodeError:
@@ -254,9 +263,7 @@ def _publish(args: argparse.Namespace) -> int:
         body["idempotency_key"] = args.idempotency_key
     headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
     try:
-        response = httpx.post(
-            args.url.rstrip("/") + "/publish", json=body, headers=headers, timeout=10
-        )
+        response = httpx.post(url.rstrip("/") + "/publish", json=body, headers=headers, timeout=10)
     except httpx.HTTPError as exc:
         raise TidingsError(f"cannot reach {args.url}: {exc}") from None
     if response.status_code != 202:
@@ -266,25 +273,72 @@ def _publish(args: argparse.Namespace) -> int:
 
 
 def _tail(args: argparse.Namespace) -> int:
+    import httpx
+
     from tidings.client.subscriber import subscribe
     from tidings.topics import validate_pattern
 
+    url = check_hub_url(args.url)
     for topic in args.topics:
         validate_pattern(topic)
 
     async def run() -> None:
-        async for event in subscribe(
-            args.url, args.topics, last_event_id=args.last_event_id, token=args.token
-        ):
-            if args.json:
-                line = orjson.dumps({"id": event.id, "event": event.event, "data": _data(event)})
-                print(line.decode(), flush=True)
-            else:
-                print(f"{event.id}  {event.event}  {event.data}", flush=True)
+        transport = _says_when_down(url)
+        timeout = httpx.Timeout(10.0, read=None)
+        async with httpx.AsyncClient(timeout=timeout, transport=transport) as client:
+            async for event in subscribe(
+                url,
+                args.topics,
+                last_event_id=args.last_event_id,
+                token=args.token,
+                client=client,
+            ):
+                if args.json:
+                    data = {"id": event.id, "event": event.event, "data": _data(event)}
+                    print(orjson.dumps(data).decode(), flush=True)
+                else:
+                    print(f"{event.id}  {event.event}  {event.data}", flush=True)
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
     return 0
+
+
+def _says_when_down(url: str) -> httpx.AsyncBaseTransport:
+    """An httpx transport that says once on stderr when the hub at ``url`` cannot be reached.
+
+    ``subscribe`` retries with backoff by itself; without this, ``tail`` against a hub that
+    is down would wait in silence. One line per outage: it is said again only after the hub
+    answered in between.
+    """
+    import httpx
+
+    class SaysWhenDown(httpx.AsyncHTTPTransport):
+        down = False
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            try:
+                response = await super().handle_async_request(request)
+            except httpx.TransportError as exc:
+                self.say(str(exc) or type(exc).__name__)
+                raise
+            if response.status_code >= 500:
+                self.say(f"HTTP {response.status_code}")
+            else:
+                self.down = False
+            return response
+
+        def say(self, why: str) -> None:
+            if not self.down:
+                self.down = True
+                print(
+                    f"tidings: cannot reach {url} ({' '.join(why.split())}); retrying until "
+                    "it answers",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+    return SaysWhenDown()
 
 
 def _data(event: Any) -> Any:
@@ -295,24 +349,11 @@ def _data(event: Any) -> Any:
         return event.data
 
 
-def _hub_url(url: str) -> str:
-    """``url`` if it can name a hub (``http(s)://host[:port][/prefix]``)."""
-    import httpx
-
-    try:
-        parsed = httpx.URL(url)
-    except httpx.InvalidURL:
-        parsed = None
-    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
-        raise ConfigError(f"invalid --url: {url!r} (expected e.g. http://127.0.0.1:8000)")
-    return url
-
-
 def _watch(args: argparse.Namespace) -> int:
     from tidings.errors import LimitExceeded, NotAuthorized, TaskNotFound
     from tidings.watch import run_watch
 
-    url = _hub_url(args.url)
+    url = check_hub_url(args.url)
     try:
         return run_watch(url, args.task_id, token=args.token, json=args.json)
     except TaskNotFound:
@@ -335,19 +376,58 @@ def _bench(args: argparse.Namespace) -> int:
     from tidings.bench import run_bench
 
     if args.url is not None:
-        _hub_url(args.url)
-    return run_bench(args)
+        check_hub_url(args.url)
+    with _sigterm_as_ctrl_c():  # its own hub is stopped either way
+        return run_bench(args)
 
 
 def _demo(args: argparse.Namespace) -> int:
     from tidings.demo import main as run_demo
 
-    url = None if args.url is None else _hub_url(args.url)
+    url = None if args.url is None else check_hub_url(args.url)
     try:
-        return run_demo(url=url, token=args.token, port=args.port, speed=args.speed, once=args.once)
+        with _sigterm_as_ctrl_c():  # its own hub is stopped either way
+            return run_demo(
+                url=url, token=args.token, port=args.port, speed=args.speed, once=args.once
+            )
     except KeyboardInterrupt:
         print("tidings demo: stopped", file=sys.stderr)
         return 0
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM stops the command the way Ctrl-C does, so a hub it started is stopped too.
+
+    The first SIGTERM goes to the current SIGINT handler (asyncio's, which cancels the main
+    task, or Python's, which raises ``KeyboardInterrupt``); later ones are ignored while
+    the command cleans up (it stops its hub within its grace, then kills it).
+    """
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        else:  # SIGINT is ignored (a background job): stop all the same
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _port(text: str) -> int:
+    """A TCP port from 1 to 65535 (argparse type)."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535 (got {text!r})")
+    return port
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -362,17 +442,25 @@ def _duration(text: str, *, flag: str) -> float:
         seconds = float(number) * (unit or 1)
     except ValueError:
         raise ConfigError(f"invalid {flag}: {text!r} (expected e.g. 90s, 30m, 1h, 2d)") from None
-    if not seconds > 0 or seconds == float("inf"):
-        raise ConfigError(f"invalid {flag}: {text!r} (must be positive)")
+    if not seconds > 0 or not math.isfinite(seconds):
+        raise ConfigError(f"invalid {flag}: {text!r} (expected a positive duration, e.g. 1h)")
     return seconds
 
 
 def _token(args: argparse.Namespace) -> int:
-    from tidings.auth.jwt import mint_token
+    from tidings.auth.jwt import MAX_TOKEN_TTL, mint_token
 
     secret = args.jwt_secret or os.environ.get("TIDINGS_JWT_SECRET")
     if not secret:
         raise ConfigError("no secret to sign with: pass --jwt-secret or set TIDINGS_JWT_SECRET")
+    if not args.sub.strip():
+        raise ConfigError("invalid --sub: empty (the hub refuses a token without a user id)")
+    ttl = _duration(args.ttl, flag="--ttl")
+    if ttl > MAX_TOKEN_TTL:
+        raise ConfigError(f"invalid --ttl: {args.ttl!r} (at most {MAX_TOKEN_TTL // 86400}d)")
+    for flag, value in (("--audience", args.audience), ("--issuer", args.issuer)):
+        if value is not None and not value.strip():
+            raise ConfigError(f"invalid {flag}: empty (leave it out for no claim)")
     print(
         mint_token(
             secret,
@@ -380,7 +468,7 @@ def _token(args: argparse.Namespace) -> int:
             subscribe=args.subscribe,
             publish=args.publish,
             admin=args.admin,
-            ttl=_duration(args.ttl, flag="--ttl"),
+            ttl=ttl,
             audience=args.audience,
             issuer=args.issuer,
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from typing import Annotated, Any
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import (
     Field,
@@ -23,18 +24,30 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tidings.errors import ConfigError
 
-__all__ = ["Settings", "is_loopback", "load_settings"]
+__all__ = ["Settings", "check_hub_url", "is_loopback", "load_settings"]
 
-_ORIGIN_RE = re.compile(r"https?://[^/\s?#]+")
 #: The task store ``--store auto`` means without a Redis backend.
 DEFAULT_SQLITE_STORE = "sqlite:///./tidings.db"
+#: The longest duration setting, in seconds (ten years): timers stay representable.
+MAX_SECONDS = 10 * 365 * 86400
+#: The largest count or size setting: any counter and any Redis or C size holds it.
+MAX_COUNT = 2**31 - 1
+#: What --log-level accepts, quietest first.
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+_HOST_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class Settings(BaseSettings):
     """Every setting of a tidings hub (SPEC §8). Durations are seconds unless named."""
 
     model_config = SettingsConfigDict(
-        env_prefix="TIDINGS_", extra="forbid", validate_default=True, frozen=True
+        env_prefix="TIDINGS_",
+        extra="forbid",
+        validate_default=True,
+        frozen=True,
+        # inf and nan are never a duration or a rate.
+        allow_inf_nan=False,
     )
 
     host: str = Field("127.0.0.1", description="Address to listen on.")
@@ -66,18 +79,26 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Allowed CORS origin (repeatable; comma-separated in the environment).",
     )
-    keepalive: float = Field(15.0, gt=0, description="Seconds of silence before a ': ping'.")
-    history_size: int = Field(1000, ge=0, description="Events kept per topic for resume.")
-    history_ttl: float = Field(3600.0, gt=0, description="Seconds an event stays in history.")
-    queue_size: int = Field(1000, ge=1, description="Events queued per connection at most.")
+    keepalive: float = Field(
+        15.0, gt=0, le=MAX_SECONDS, description="Seconds of silence before a ': ping'."
+    )
+    history_size: int = Field(
+        1000, ge=0, le=MAX_COUNT, description="Events kept per topic for resume."
+    )
+    history_ttl: float = Field(
+        3600.0, gt=0, le=MAX_SECONDS, description="Seconds an event stays in history."
+    )
+    queue_size: int = Field(
+        1000, ge=1, le=MAX_COUNT, description="Events queued per connection at most."
+    )
     queue_bytes: int = Field(
-        1024 * 1024, ge=1024, description="Bytes queued per connection at most."
+        1024 * 1024, ge=1024, le=MAX_COUNT, description="Bytes queued per connection at most."
     )
     max_connections_per_user: int = Field(
-        100, ge=0, description="Open streams per user (0: no limit)."
+        100, ge=0, le=MAX_COUNT, description="Open streams per user (0: no limit)."
     )
     max_connections_per_ip: int = Field(
-        1000, ge=0, description="Open streams per client IP (0: no limit)."
+        1000, ge=0, le=MAX_COUNT, description="Open streams per client IP (0: no limit)."
     )
     connect_rate_limit: float = Field(
         50.0, ge=0, description="Stream attempts per IP per second (0: no limit)."
@@ -85,8 +106,12 @@ class Settings(BaseSettings):
     publish_rate_limit: float = Field(
         1000.0, ge=0, description="Publishes per principal per second (0: no limit)."
     )
-    max_event_bytes: int = Field(65536, ge=1, description="Largest event data, in bytes of JSON.")
-    max_body_bytes: int = Field(1024 * 1024, ge=1024, description="Largest request body, in bytes.")
+    max_event_bytes: int = Field(
+        65536, ge=1, le=MAX_COUNT, description="Largest event data, in bytes of JSON."
+    )
+    max_body_bytes: int = Field(
+        1024 * 1024, ge=1024, le=MAX_COUNT, description="Largest request body, in bytes."
+    )
     max_header_bytes: int = Field(
         32768,
         ge=4096,
@@ -96,6 +121,7 @@ class Settings(BaseSettings):
     request_timeout: float = Field(
         10.0,
         gt=0,
+        le=MAX_SECONDS,
         description="Seconds a client has to send a whole request (line, headers, body); "
         "slower ones are cut.",
     )
@@ -104,21 +130,47 @@ class Settings(BaseSettings):
         description="Proxy addresses trusted to set X-Forwarded-For/-Proto (repeatable; "
         "'*' trusts all): the client IP of per-IP limits comes from them.",
     )
-    retry: int = Field(3000, ge=0, description="Reconnect delay sent to clients, in ms.")
+    retry: int = Field(
+        3000, ge=0, le=86_400_000, description="Reconnect delay sent to clients, in ms."
+    )
     shutdown_grace: float = Field(
-        10.0, ge=0, description="Seconds to flush and end streams on shutdown."
+        10.0, ge=0, le=MAX_SECONDS, description="Seconds to flush and end streams on shutdown."
     )
     max_connection_age: float | None = Field(
-        None, gt=0, description="End streams older than this (with jitter); off by default."
+        None,
+        gt=0,
+        le=MAX_SECONDS,
+        description="End streams older than this (with jitter); off by default.",
     )
     task_retention: float = Field(
-        86400.0, gt=0, description="Seconds a finished task is kept before it is purged."
+        86400.0,
+        gt=0,
+        le=MAX_SECONDS,
+        description="Seconds a finished task is kept before it is purged.",
     )
     insecure: bool = Field(
         False, description="Allow binding a non-loopback address with authentication off."
     )
-    log_level: str = Field("info", description="Log level: critical, error, warning, info, debug.")
+    log_level: str = Field(
+        "info", description="Log level: critical, error, warning, info, debug or trace."
+    )
     workers: int = Field(1, ge=1, le=64, description="Server processes (needs --backend redis).")
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, value: str) -> str:
+        host = value.strip()
+        if host.startswith("[") or host.endswith("]"):
+            # The URL form of an IPv6 address: the address is what is inside.
+            inner = host.removeprefix("[").removesuffix("]")
+            try:
+                ipaddress.IPv6Address(inner)
+            except ValueError:
+                raise ValueError("brackets hold an IPv6 address, like [::1]") from None
+            return inner
+        if not host or any(char.isspace() for char in host):
+            raise ValueError("expected an address or a host name (0.0.0.0: every interface)")
+        return host
 
     @field_validator("cors_origin", "forwarded_allow_ips", mode="before")
     @classmethod
@@ -130,13 +182,19 @@ class Settings(BaseSettings):
     @field_validator("cors_origin")
     @classmethod
     def _check_origins(cls, value: list[str]) -> list[str]:
+        origins = []
         for origin in value:
-            if origin != "*" and _ORIGIN_RE.fullmatch(origin) is None:
+            if origin == "*":
+                origins.append(origin)
+                continue
+            try:
+                origins.append(_normal_origin(origin))
+            except ValueError as exc:
                 raise ValueError(
-                    f"{origin!r} is not an origin like https://app.example.com (a scheme and a "
-                    "host, an optional port, no path or trailing slash)"
-                )
-        return value
+                    f"{origin!r} can never match what a browser sends: {exc} (an origin is a "
+                    "scheme and a host with an optional port, like https://app.example.com)"
+                ) from None
+        return list(dict.fromkeys(origins))
 
     @field_validator("jwt_secret")
     @classmethod
@@ -153,10 +211,24 @@ class Settings(BaseSettings):
             raise ValueError("set either --jwt-secret or --jwt-public-key, not both")
         return value
 
+    @field_validator("jwt_audience", "jwt_issuer")
+    @classmethod
+    def _check_claim(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("empty: give the claim tokens must carry, or leave it unset")
+        return value
+
     @field_validator("backend")
     @classmethod
     def _check_backend(cls, value: str) -> str:
-        if value in ("memory", "memory://") or value.startswith(("redis://", "rediss://")):
+        if value in ("memory", "memory://"):
+            return value
+        if value.startswith(("redis://", "rediss://")):
+            problem = _redis_url_problem(value)
+            if problem is not None:
+                raise ValueError(
+                    f"{problem} (expected redis://host:port/db, like redis://localhost:6379/0)"
+                )
             return value
         raise ValueError("expected 'memory' or a redis:// URL")
 
@@ -174,7 +246,14 @@ class Settings(BaseSettings):
                     "'redis' keeps tasks in the backend's Redis: it needs --backend redis://..."
                 )
             return value
-        if value in ("memory", "memory://") or value.startswith("sqlite:///"):
+        if value in ("memory", "memory://"):
+            return value
+        if value.startswith("sqlite:///"):
+            path = value.removeprefix("sqlite:///")
+            if not path or path.endswith("/"):
+                raise ValueError(
+                    "expected the path of a database file, like sqlite:///./tidings.db"
+                )
             return value
         raise ValueError("expected 'auto', 'sqlite:///path', 'memory' or 'redis'")
 
@@ -182,8 +261,8 @@ class Settings(BaseSettings):
     @classmethod
     def _check_log_level(cls, value: str) -> str:
         level = value.lower()
-        if level not in ("critical", "error", "warning", "info", "debug", "trace"):
-            raise ValueError("expected one of critical, error, warning, info, debug")
+        if level not in LOG_LEVELS:
+            raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}")
         return level
 
     @model_validator(mode="after")
@@ -191,6 +270,11 @@ class Settings(BaseSettings):
         if self.workers > 1 and self.backend in ("memory", "memory://"):
             raise ValueError(
                 "workers: more than one worker needs --backend redis://... to act as one hub"
+            )
+        if self.workers > 1 and self.store in ("memory", "memory://", "sqlite:///:memory:"):
+            raise ValueError(
+                f"store: {self.store!r} keeps tasks inside each worker, so they would come and "
+                "go between requests; with --workers use --store redis (or sqlite:///path)"
             )
         return self
 
@@ -210,6 +294,114 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _normal_origin(origin: str) -> str:
+    """``origin`` as browsers write it in ``Origin``, or ``ValueError`` saying why it never is.
+
+    The scheme and host are lower-cased and a default port (``:443`` for https) dropped,
+    as browsers do; wildcards, user names, paths and bad ports are refused.
+    """
+    scheme, sep, rest = origin.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in _DEFAULT_PORTS:
+        raise ValueError("the scheme must be http:// or https://")
+    if any(char in rest for char in "/?#"):
+        raise ValueError("it has a path, a query or a trailing slash")
+    if "@" in rest:
+        raise ValueError("browsers never send a user name")
+    if "*" in rest:
+        raise ValueError("wildcards are not supported: list each origin")
+    if rest.startswith("["):
+        inner, bracket, after = rest[1:].partition("]")
+        if not bracket or (after and not after.startswith(":")):
+            raise ValueError("an IPv6 address goes in brackets, followed by :port or nothing")
+        try:
+            host = f"[{ipaddress.IPv6Address(inner).compressed}]"
+        except ValueError:
+            raise ValueError(f"{inner!r} is not an IPv6 address") from None
+        has_port, port = bool(after), after.removeprefix(":")
+    else:
+        host, colon, port = rest.partition(":")
+        has_port = bool(colon)
+        if not host.isascii():
+            raise ValueError("write the host in its ASCII (xn--) form, as browsers send it")
+        host = host.lower()
+        if not all(_HOST_LABEL.fullmatch(label) for label in host.split(".")):
+            raise ValueError("the host is not a host name or an address")
+    if not has_port:
+        return f"{scheme}://{host}"
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError("the port is not a number from 1 to 65535")
+    if int(port) == _DEFAULT_PORTS[scheme]:
+        return f"{scheme}://{host}"  # browsers leave the default port out
+    return f"{scheme}://{host}:{int(port)}"
+
+
+def _redis_url_problem(url: str) -> str | None:
+    """What is wrong with the Redis URL ``url`` (redis-py would fail or guess), or ``None``."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        return _parse_problem(exc)
+    if not parts.hostname:
+        return "it has no host"
+    if port == 0:
+        return "the port is not a number from 1 to 65535"
+    if parts.path not in ("", "/") and re.fullmatch(r"/\d+", parts.path) is None:
+        return f"the database {parts.path[1:]!r} is not a number"
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name == "db" and not value.isdigit():
+            return f"the database {value!r} is not a number"
+    return None
+
+
+def _parse_problem(exc: ValueError) -> str:
+    """Why ``urlsplit`` (or its ``port``) refused a URL, in the words of our messages."""
+    text = str(exc)
+    if "Port" in text:
+        return "the port is not a number from 1 to 65535"
+    if "IPv6" in text:
+        return "the address in brackets is not an IPv6 address"
+    return text
+
+
+def _redact_url(url: str) -> str:
+    """``url`` with the password of its user part masked."""
+    return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url)
+
+
+def check_hub_url(url: str, *, flag: str = "--url") -> str:
+    """``url`` if it can name a hub: ``http(s)://host[:port][/prefix]``.
+
+    Every client command checks its ``--url`` here, before it connects.
+
+    Raises:
+        ConfigError: it cannot (the message names ``flag`` and says why).
+    """
+    problem = None
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        problem = _parse_problem(exc)
+    else:
+        if any(char.isspace() for char in url):
+            problem = "it has spaces"
+        elif parts.scheme not in ("http", "https"):
+            problem = "the scheme must be http:// or https://"
+        elif not parts.hostname:
+            problem = "it has no host"
+        elif port == 0:
+            problem = "the port is not a number from 1 to 65535"
+        elif parts.query or parts.fragment or url.endswith(("?", "#")):
+            problem = "a hub URL has no query or fragment"
+    if problem is not None:
+        raise ConfigError(
+            f"invalid {flag}: {url!r} (expected e.g. http://127.0.0.1:8000; {problem})"
+        )
+    return url
+
+
 def load_settings(**given: Any) -> Settings:
     """Build :class:`Settings` from ``given`` values over the environment.
 
@@ -227,5 +419,7 @@ def load_settings(**given: Any) -> Settings:
             message = message.partition(": ")[2] or message
         flag = "--" + name.replace("_", "-")
         raw = error.get("input")
+        if name == "backend" and isinstance(raw, str):
+            raw = _redact_url(raw)
         shown = "" if name.startswith("jwt") or isinstance(raw, dict) else f" (got {raw!r})"
         raise ConfigError(f"invalid {flag} / TIDINGS_{name.upper()}: {message}{shown}") from None

@@ -15,7 +15,8 @@ and its ``track()``), so the demo is also a worked example of the worker API:
 
 Without ``--url`` the demo starts its own hub (``tidings serve`` on 127.0.0.1, memory
 store) as a child process in its own session, so Ctrl-C reaches the demo alone: it cancels
-the running tasks (the dashboard shows them cancelled), then stops the hub.
+the running tasks (the dashboard shows them cancelled), then stops the hub. ``tidings
+demo`` treats SIGTERM as Ctrl-C, so a demo stopped by a supervisor stops its hub too.
 """
 
 from __future__ import annotations
@@ -299,19 +300,20 @@ def start_hub(port: int, *, timeout: float = 20.0) -> OwnHub:
     )
     hub = OwnHub(proc, log, url)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            line = hub.last_line()
-            hub.stop()
-            raise ConfigError(f"the hub did not start: {line}")
-        try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return hub
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    hub.stop()
-    raise ConfigError(f"the hub did not answer on {url} within {timeout:.0f} s")
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise ConfigError(f"the hub did not start: {hub.last_line()}")
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    return hub
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise ConfigError(f"the hub did not answer on {url} within {timeout:.0f} s")
+    except BaseException:  # a failed start, Ctrl-C or SIGTERM while waiting: no hub left
+        hub.stop()
+        raise
 
 
 def main(
@@ -323,8 +325,10 @@ def main(
     once: bool,
 ) -> int:
     """``tidings demo``: run the workloads against ``url``, or against a hub of its own."""
-    if not speed > 0:
-        raise ConfigError(f"invalid --speed: {speed} (must be positive)")
+    if not 0 < speed < float("inf"):
+        raise ConfigError(f"invalid --speed: {speed} (must be a positive number)")
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"invalid --port: {port} (expected a port from 1 to 65535)")
     hub = None
     if url is None:
         hub = start_hub(port)

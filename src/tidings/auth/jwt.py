@@ -9,9 +9,12 @@ Decisions worth knowing before changing this file:
 - The key is checked when the verifier is built, not on the first request: an HS256
   secret under 32 bytes (RFC 7518 §3.2), a private key where a public key belongs, an EC
   key on another curve are configuration errors that stop start-up.
-- ``exp`` and ``nbf`` are checked when present, with no leeway. ``aud`` and ``iss`` are
-  checked only when configured; configure them whenever the signing key is shared with
-  other services (an identity provider's key signs tokens for every application).
+- ``exp`` and ``nbf`` are checked when present, with no leeway. ``exp``, ``nbf`` and
+  ``iat`` must be JSON numbers up to the end of year 9999 (:data:`MAX_NUMERIC_DATE`): a
+  string, or a date no timer can hold (``1e400``), makes the token invalid (401).
+- ``aud`` and ``iss`` are checked only when configured; configure them whenever the
+  signing key is shared with other services (an identity provider's key signs tokens for
+  every application).
 - A ``sub`` that is not one topic segment still authenticates, but gets no private
   ``users/<sub>/**`` topics (see :attr:`Principal.private_pattern`).
 """
@@ -33,10 +36,22 @@ from tidings.topics import validate_pattern
 if TYPE_CHECKING:
     from tidings.config import Settings
 
-__all__ = ["MIN_SECRET_BYTES", "JWTVerifier", "mint_token", "principal_from_claims"]
+__all__ = [
+    "MAX_NUMERIC_DATE",
+    "MAX_TOKEN_TTL",
+    "MIN_SECRET_BYTES",
+    "JWTVerifier",
+    "mint_token",
+    "principal_from_claims",
+]
 
 #: Shortest HS256 secret accepted: the hash's output size (RFC 7518 §3.2).
 MIN_SECRET_BYTES = 32
+#: The longest lifetime :func:`mint_token` gives a token: ten years.
+MAX_TOKEN_TTL = 3650 * 86400
+#: The latest ``exp``/``nbf``/``iat`` accepted: the end of year 9999 (a later date is not a
+#: real one, and no timer holds it).
+MAX_NUMERIC_DATE = 253402300799
 
 
 class JWTVerifier:
@@ -126,7 +141,8 @@ class JWTVerifier:
             )
         except jwt.ExpiredSignatureError:
             raise NotAuthorized("token expired", code="token_expired", status=401) from None
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, OverflowError):
+            # OverflowError: a date claim no float holds (PyJWT compares it with the clock).
             raise NotAuthorized("invalid token", code="invalid_token", status=401) from None
         return principal_from_claims(claims)
 
@@ -135,11 +151,27 @@ def _load_public_key(text: str) -> tuple[Any, str]:
     """The verification key in ``text`` (PEM, or a path to a PEM file) and its algorithm."""
     if "-----BEGIN" not in text:
         path = Path(text)
-        if not path.is_file():
+        try:
+            data = path.read_bytes() if path.is_file() else None
+        except OSError as exc:
+            raise ConfigError(
+                f"invalid --jwt-public-key / TIDINGS_JWT_PUBLIC_KEY: cannot read {text!r}: "
+                f"{exc.strerror or exc}"
+            ) from None
+        if data is None:
             raise ConfigError(
                 "invalid --jwt-public-key / TIDINGS_JWT_PUBLIC_KEY: neither PEM text nor a file"
             )
-        text = path.read_text()
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            text = ""
+        if "-----BEGIN" not in text:
+            raise ConfigError(
+                f"invalid --jwt-public-key / TIDINGS_JWT_PUBLIC_KEY: {str(path)!r} is not a PEM "
+                "file (a DER key? convert it: openssl pkey -pubin -inform DER -in KEY -out "
+                "key.pem)"
+            )
     if "PRIVATE KEY" in text:
         raise ConfigError(
             "invalid --jwt-public-key / TIDINGS_JWT_PUBLIC_KEY: this is a private key; give "
@@ -171,14 +203,31 @@ def principal_from_claims(claims: dict[str, Any]) -> Principal:
         publish = tuple(validate_pattern(p) for p in _strings(grants.get("publish", [])))
     except (ValueError, InvalidTopic):
         raise NotAuthorized("invalid token claims", code="invalid_token", status=401) from None
+    for name in ("exp", "nbf", "iat"):
+        if name in claims and _numeric_date(claims[name]) is None:
+            raise NotAuthorized("invalid token claims", code="invalid_token", status=401)
     exp = claims.get("exp")
     return Principal(
         user=sub,
         subscribe=subscribe,
         publish=publish,
         admin=grants.get("admin") is True,
-        expires_at=float(exp) if isinstance(exp, int | float) else None,
+        expires_at=None if exp is None else _numeric_date(exp),
     )
+
+
+def _numeric_date(value: Any) -> float | None:
+    """A ``NumericDate`` claim (RFC 7519 §2) as seconds, or ``None`` when it is not one.
+
+    A JSON number from 0 to :data:`MAX_NUMERIC_DATE`: not a string, not a boolean, not a
+    number no clock or timer can hold (``1e400``, ``10**400``).
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, int) and not 0 <= value <= MAX_NUMERIC_DATE:
+        return None
+    seconds = float(value)
+    return seconds if 0 <= seconds <= MAX_NUMERIC_DATE else None
 
 
 def _strings(value: Any) -> list[str]:
@@ -204,7 +253,8 @@ def mint_token(
     Production tokens should come from your own auth service; this mints what it would.
 
     Raises:
-        ConfigError: the secret is under 32 bytes, or a pattern is invalid.
+        ConfigError: the secret is under 32 bytes, ``sub`` is empty, ``ttl`` is not from
+            0 to :data:`MAX_TOKEN_TTL` seconds, or a pattern is invalid.
 
     >>> token = mint_token("s" * 32, sub="alice", subscribe=["chat/**"], ttl=60)
     >>> JWTVerifier(secret="s" * 32).verify(token).user
@@ -214,6 +264,12 @@ def mint_token(
         raise ConfigError(
             f"invalid --jwt-secret / TIDINGS_JWT_SECRET: at least {MIN_SECRET_BYTES} bytes "
             "are needed for HS256"
+        )
+    if not sub:
+        raise ConfigError("invalid --sub: empty (the hub refuses a token without a user id)")
+    if ttl is not None and not 0 < ttl <= MAX_TOKEN_TTL:
+        raise ConfigError(
+            f"invalid --ttl: {ttl:g} seconds (from 1 s to {MAX_TOKEN_TTL // 86400} days)"
         )
     for pattern in (*subscribe, *publish):
         try:

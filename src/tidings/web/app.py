@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
@@ -20,7 +21,7 @@ from tidings.web.task_routes import progress_response, task_id_of
 if TYPE_CHECKING:
     from tidings.hub import Hub
 
-__all__ = ["FastPaths", "create_app"]
+__all__ = ["CORS", "FastPaths", "create_app"]
 
 CORS_HEADERS = ["Authorization", "Content-Type", "Last-Event-ID"]
 
@@ -59,7 +60,7 @@ def create_app(hub: Hub) -> FastAPI:
     if origins:
         wildcard = "*" in origins
         app.add_middleware(
-            CORSMiddleware,
+            CORS,
             allow_origins=origins,
             # `*` is never combined with credentials (SPEC §5).
             allow_credentials=not wildcard,
@@ -69,6 +70,51 @@ def create_app(hub: Hub) -> FastAPI:
             max_age=600,
         )
     return app
+
+
+class CORS(CORSMiddleware):
+    """Starlette's CORS middleware, with a refused preflight in the SPEC's error shape.
+
+    Starlette answers a preflight it refuses (an origin, a method or a header not on the
+    lists) with ``400 text/plain "Disallowed CORS origin"``; here the same refusal is
+    ``400 {"error": {"code": "cors_refused", "message": ...}}``, the message saying what was
+    refused. The browser decides on the headers alone, which are Starlette's.
+    """
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        headers = {
+            name: value
+            for name, value in response.headers.items()
+            if name not in ("content-type", "content-length")
+        }
+        refused = "; ".join(self._refusals(request_headers)) or "not allowed"
+        return error_response(
+            response.status_code, "cors_refused", f"CORS preflight refused: {refused}", headers
+        )
+
+    def _refusals(self, request_headers: Headers) -> list[str]:
+        refusals = []
+        if not self.is_allowed_origin(origin=request_headers["origin"]):
+            refusals.append("this origin is not allowed (--cors-origin)")
+        method = request_headers["access-control-request-method"]
+        if method not in self.allow_methods:
+            allowed = ", ".join(m for m in self.allow_methods if m != "OPTIONS")
+            refusals.append(f"method {method!r} is not allowed (only {allowed})")
+        requested = request_headers.get("access-control-request-headers") or ""
+        names = [name.strip().lower() for name in requested.split(",") if name.strip()]
+        extra = [name for name in names if name not in self.allow_headers]
+        if extra and not self.allow_all_headers:
+            refusals.append(
+                f"header {extra[0]!r} is not allowed (only {', '.join(CORS_HEADERS)} and the "
+                "CORS-safelisted ones)"
+            )
+        private = "access-control-request-private-network" in request_headers
+        if private and not self.allow_private_network:
+            refusals.append("private network access is not allowed")
+        return refusals
 
 
 class FastPaths:
