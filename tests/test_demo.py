@@ -76,7 +76,8 @@ async def types_until_marker(reader: SSEReader) -> set[str]:
     return types
 
 
-def test_ctrl_c_stops_the_demo_and_its_hub_in_one_line() -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_stop_signal_ends_the_demo_and_its_hub_in_one_line(stop: signal.Signals) -> None:
     port = free_port()
     demo = subprocess.Popen(
         demo_command("--port", str(port)),
@@ -90,7 +91,7 @@ def test_ctrl_c_stops_the_demo_and_its_hub_in_one_line() -> None:
         # Once the first task is announced, the hub is up and work is under way.
         while not (line := demo.stdout.readline()).startswith("  task "):
             assert line, "the demo ended before it started a task"
-        demo.send_signal(signal.SIGINT)
+        demo.send_signal(stop)
         out, err = demo.communicate(timeout=30)
     finally:
         if demo.poll() is None:
@@ -98,7 +99,7 @@ def test_ctrl_c_stops_the_demo_and_its_hub_in_one_line() -> None:
     assert demo.returncode == 0
     assert err == "tidings demo: stopped\n"
     assert "Traceback" not in out
-    with socket.socket() as sock:  # its hub is gone too
+    with socket.socket() as sock:  # its hub is gone too, not left running on its own
         assert sock.connect_ex(("127.0.0.1", port)) != 0
 
 
@@ -114,31 +115,6 @@ def test_a_port_in_use_is_one_clear_line(server: ServerProcess) -> None:
     assert demo.returncode == 2
     assert demo.stderr.startswith(f"tidings: port {server.port} is in use")
     assert demo.stderr.count("\n") == 1
-
-
-def test_sigterm_stops_the_demo_and_its_hub_too() -> None:
-    port = free_port()
-    demo = subprocess.Popen(
-        demo_command("--port", str(port)),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=demo_env(),
-    )
-    try:
-        assert demo.stdout is not None
-        while not (line := demo.stdout.readline()).startswith("  task "):
-            assert line, "the demo ended before it started a task"
-        demo.send_signal(signal.SIGTERM)
-        out, err = demo.communicate(timeout=30)
-    finally:
-        if demo.poll() is None:
-            demo.kill()
-    assert demo.returncode == 0
-    assert err == "tidings demo: stopped\n"
-    assert "Traceback" not in out
-    with socket.socket() as sock:  # its hub is gone too, not left running on its own
-        assert sock.connect_ex(("127.0.0.1", port)) != 0
 
 
 @pytest.mark.parametrize("port", ["99999", "65536", "-1", "0", "eighty"])
