@@ -104,29 +104,26 @@ def test_a_stop_signal_ends_the_demo_and_its_hub_in_one_line(stop: signal.Signal
 
 
 def test_a_port_in_use_is_one_clear_line(server: ServerProcess) -> None:
-    demo = subprocess.run(
-        demo_command("--port", str(server.port)),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=demo_env(),
-        check=False,
-    )
+    demo = run_demo("--port", str(server.port))
     assert demo.returncode == 2
     assert demo.stderr.startswith(f"tidings: port {server.port} is in use")
     assert demo.stderr.count("\n") == 1
 
 
-@pytest.mark.parametrize("port", ["99999", "65536", "-1", "0", "eighty"])
-def test_a_bad_port_is_one_clear_line(port: str) -> None:
-    demo = subprocess.run(
-        demo_command("--port", port),
+def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        demo_command(*args),
         capture_output=True,
         text=True,
         timeout=30,
         env=demo_env(),
         check=False,
     )
+
+
+@pytest.mark.parametrize("port", ["99999", "65536", "-1", "0", "eighty"])
+def test_a_bad_port_is_one_clear_line(port: str) -> None:
+    demo = run_demo("--port", port)
     assert demo.returncode == 2
     assert demo.stderr.startswith("tidings: argument --port: expected a port from 1 to 65535")
     assert demo.stderr.count("\n") == 1
@@ -134,14 +131,7 @@ def test_a_bad_port_is_one_clear_line(port: str) -> None:
 
 @pytest.mark.parametrize("speed", ["0", "-1", "inf", "nan"])
 def test_a_bad_speed_is_one_clear_line(speed: str) -> None:
-    demo = subprocess.run(
-        demo_command("--speed", speed, "--url", "http://127.0.0.1:9"),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=demo_env(),
-        check=False,
-    )
+    demo = run_demo("--speed", speed, "--url", "http://127.0.0.1:9")
     assert demo.returncode == 2
     assert demo.stderr.startswith("tidings: invalid --speed")
     assert demo.stderr.count("\n") == 1
