@@ -457,6 +457,16 @@ async def test_a_user_may_subscribe_to_its_own_tasks_topic(hs_server: ServerProc
             response = await stream_status(http, topics(topic), headers)
             error = expect_error(response, 403, "forbidden")
             assert error["message"] == f"not allowed to subscribe to {topic!r}", case
+        # Whoever may read the task's stream may follow its topic: an admin, its worker.
+        readers = {
+            "an admin": bearer(token("ops", admin=True)),
+            "its worker": bearer(token("worker", publish=[f"tasks/{task_id}"])),
+        }
+        for case, headers in readers.items():
+            async with open_stream(http, topics(f"tasks/{task_id}"), headers) as stream:
+                await http.post(f"/tasks/{task_id}/progress", json={"current": 2}, headers=alice)
+                event = await stream.next()
+            assert event.event == "task_progress", case
 
 
 @pytest.mark.parametrize("sub", ["*", "**", "alice/inbox", "a b", ""])

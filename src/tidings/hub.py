@@ -537,14 +537,15 @@ class Hub:
             raise InvalidTopic(
                 f"Last-Event-ID is over {MAX_ID_BYTES} bytes", code="invalid_last_event_id"
             )
-        # Task topics no grant allows: allowed if the task is the principal's (SPEC §5).
+        # Task topics no grant allows: allowed if the principal may read the task (its
+        # owner, SPEC §5; an admin; a worker allowed to publish on it).
         owned: list[str] = []
         for pattern in patterns:
             if principal.may_subscribe(pattern) or (
                 task_id is not None and pattern == f"tasks/{task_id}"
             ):
                 continue
-            own = _task_of(pattern) if principal.user is not None else None
+            own = _task_of(pattern)
             if own is None:
                 raise NotAuthorized(f"not allowed to subscribe to {pattern!r}", code="forbidden")
             owned.append(own)
@@ -614,17 +615,18 @@ class Hub:
             del steps[0]
 
     async def _check_owner(self, principal: Principal, task_ids: list[str]) -> None:
-        """Allow topics ``tasks/<id>`` of tasks that ``principal`` owns (SPEC §5).
+        """Allow topics ``tasks/<id>`` of tasks that ``principal`` may read: its own (SPEC
+        §5), any for an admin, those a worker may publish on.
 
-        A task that does not exist and one that belongs to someone else get the same 403,
-        so task ids don't leak.
+        A task that does not exist and one that the principal may not read get the same
+        403, so task ids don't leak.
 
         Raises:
-            NotAuthorized: a task is not the principal's (403).
+            NotAuthorized: a task the principal may not read (403).
             BackendUnavailable: the task store cannot be read.
         """
         for task_id in task_ids:
-            if not await self.tasks.owns(task_id, principal):
+            if not await self.tasks.may_watch(task_id, principal):
                 topic = f"tasks/{task_id}"
                 raise NotAuthorized(f"not allowed to subscribe to {topic!r}", code="forbidden")
 

@@ -618,22 +618,22 @@ class TaskService:
             opening=functools.partial(self._open, task_id, principal, last_event_id),
         )
 
-    async def owns(self, task_id: str, principal: Principal) -> bool:
-        """Whether the task ``task_id`` exists and belongs to ``principal``'s user.
+    async def may_watch(self, task_id: str, principal: Principal) -> bool:
+        """Whether the task ``task_id`` exists and ``principal`` may read it (:func:`may_read`:
+        its owner, an admin, a worker allowed to publish on it).
 
-        A user may always subscribe to its own tasks' topics (SPEC §5); the hub asks this
-        for a ``tasks/<id>`` topic that no grant allows.
+        A user may always subscribe to its own tasks' topics (SPEC §5), and whoever may
+        read a task's stream may follow its topic on ``GET /events`` too; the hub asks this
+        for a ``tasks/<id>`` topic that no subscribe grant allows.
 
         Raises:
             BackendUnavailable: the store cannot be read.
         """
-        if principal.user is None:
-            return False
         try:
             task = await self.store.get(validate_task_id(task_id))
         except (InvalidEvent, TaskNotFound):
             return False
-        return task.owner == principal.user
+        return may_read(principal, task)
 
     async def _open(
         self,
