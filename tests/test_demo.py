@@ -12,8 +12,10 @@ import sys
 import httpx
 import pytest
 
-from tests.conftest import ServerProcess, SSEReader, free_port, open_sse
+from tests.conftest import ServerFactory, ServerProcess, SSEReader, free_port, open_sse
 from tidings.client import AsyncPublisher
+from tidings.demo import first_failure
+from tidings.errors import BackendUnavailable, TidingsError
 
 
 def demo_command(*args: str) -> list[str]:
@@ -135,3 +137,32 @@ def test_a_bad_speed_is_one_clear_line(speed: str) -> None:
     assert demo.returncode == 2
     assert demo.stderr.startswith("tidings: invalid --speed")
     assert demo.stderr.count("\n") == 1
+
+
+def test_a_hub_that_goes_away_ends_the_demo_in_one_line(server_factory: ServerFactory) -> None:
+    hub = server_factory()
+    demo = subprocess.Popen(
+        demo_command("--url", hub.url, "--speed", "20"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=demo_env(),
+    )
+    try:
+        assert demo.stdout is not None
+        while not (line := demo.stdout.readline()).startswith("  task "):
+            assert line, "the demo ended before it started a task"
+        hub.stop()
+        _, err = demo.communicate(timeout=60)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    assert demo.returncode != 0
+    assert "Traceback" not in err
+    assert err.splitlines()[-1] == f"tidings: cannot reach the hub at {hub.url}"
+
+
+def test_the_first_failure_is_found_inside_nested_task_groups() -> None:
+    cause = BackendUnavailable("cannot reach the hub at http://127.0.0.1:9")
+    nested = ExceptionGroup("jobs", [ExceptionGroup("requests", [cause]), TidingsError("later")])
+    assert first_failure(nested) is cause

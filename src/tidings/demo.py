@@ -234,8 +234,17 @@ async def run_demo(
                 await asyncio.gather(*jobs)
                 stop.set()
         except* TidingsError as group_error:
-            # One line for the user, not a group of tracebacks: the first failure says why.
-            raise group_error.exceptions[0] from None
+            # One line for the user, not a group of tracebacks: the first failure says why
+            # (a job's own task group may have wrapped it in a group of its own).
+            raise first_failure(group_error) from None
+
+
+def first_failure(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first exception of ``group`` that is not itself a group (task groups nest)."""
+    first: BaseException = group
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
 
 
 # -- the demo's own hub ------------------------------------------------------------------------
