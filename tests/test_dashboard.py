@@ -171,6 +171,17 @@ async def test_with_auth_the_dashboard_takes_a_token_and_shows_what_it_may_see(
     await page.locator(".task", has_text="Alice's export").wait_for()
     assert await page.locator("#auth-note").text_content() == "Signed in as alice."
 
+    # Signing out leaves nothing of alice's on the screen (a shared screen).
+    await page.wait_for_function(LIVE)
+    async with AsyncPublisher(server.url, token=writer) as pub:
+        await pub.publish("chat/general", {"text": "again for alice"}, type="chat_message")
+    await feed_has(page, "again for alice")
+    await page.click("#forget")
+    await page.wait_for_function("() => !document.querySelector('#auth').hidden")
+    await page.wait_for_function("() => document.querySelectorAll('#feed li').length === 0")
+    await page.wait_for_function("() => document.querySelectorAll('.task').length === 0")
+    assert "requires a token" in (await page.locator("#auth-note").text_content() or "")
+
 
 async def test_the_dashboard_fits_a_phone_screen(
     server: ServerProcess, browser_context: BrowserContext

@@ -79,6 +79,15 @@ function count(value) {
   return typeof value === "number" ? integer.format(value) : "–";
 }
 
+const compact = new Intl.NumberFormat(undefined, { notation: "compact", maximumFractionDigits: 1 });
+
+/** A counter card: 1.4M rather than a number too wide for it; the exact one on hover. */
+function showCount(id, value) {
+  const card = $(id);
+  card.textContent = typeof value === "number" && value >= 100_000 ? compact.format(value) : count(value);
+  card.title = count(value);
+}
+
 function rate(value) {
   if (typeof value !== "number" || !Number.isFinite(value)) return "–";
   return `${value >= 100 ? integer.format(value) : decimal.format(value)}/s`;
@@ -157,6 +166,7 @@ async function api(path) {
 
 function askForToken(reason) {
   stop();
+  clearView();
   const form = $("auth");
   form.hidden = false;
   $("auth-note").textContent = view.token
@@ -165,6 +175,24 @@ function askForToken(reason) {
   $("auth-note").classList.add("error");
   setStatus("closed", "Signed out");
   $("token").focus();
+}
+
+/** Forget what the last token showed: a signed-out screen (a token that expired, or
+ * Sign out on a shared screen) keeps no counters, tasks or events of it. */
+function clearView() {
+  view.tasks.clear();
+  view.selected = null;
+  view.pinned = false;
+  view.rows = [];
+  view.samples = [];
+  view.last = null;
+  for (const card of document.querySelectorAll("[id^='stat-']")) card.textContent = "–";
+  $("stats-note").hidden = true;
+  $("feed").replaceChildren();
+  $("feed-status").classList.remove("error");
+  $("feed-status").textContent = "Signed out: sign in to see events.";
+  render();
+  drawChart();
 }
 
 function showSignedIn() {
@@ -245,12 +273,12 @@ function showStats(stats) {
   const now = performance.now();
   const published = stats.events.published;
   const delivered = stats.events.delivered;
-  $("stat-connections").textContent = count(stats.connections.total);
-  $("stat-published").textContent = count(published);
-  $("stat-delivered").textContent = count(delivered);
-  $("stat-dropped").textContent = count(stats.events.dropped);
-  $("stat-dropped").title = `${count(stats.events.slow_disconnects)} slow clients disconnected`;
-  $("stat-tasks").textContent = count(stats.tasks.active);
+  showCount("stat-connections", stats.connections.total);
+  showCount("stat-published", published);
+  showCount("stat-delivered", delivered);
+  showCount("stat-dropped", stats.events.dropped);
+  $("stat-dropped").title += `; ${count(stats.events.slow_disconnects)} slow clients disconnected`;
+  showCount("stat-tasks", stats.tasks.active);
   $("stat-uptime").textContent = duration(stats.uptime_seconds);
   const last = view.last;
   if (last && now > last.at && published >= last.published) {
@@ -309,7 +337,7 @@ function drawChart() {
     ctx.lineTo(width - 4, at);
     ctx.stroke();
     ctx.fillStyle = color("--muted");
-    ctx.fillText(integer.format(value), left - 6, at);
+    ctx.fillText((Number.isInteger(value) ? integer : decimal).format(value), left - 6, at);
   }
   const step = plotWidth / (CHART_POINTS - 1);
   const offset = CHART_POINTS - samples.length;
