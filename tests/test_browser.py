@@ -349,6 +349,28 @@ async def test_a_stream_the_hub_refuses_reports_the_error_and_closes(
     assert await page.evaluate("() => streams['no-such-task'].readyState()") == 2
 
 
+async def test_a_refused_stream_reports_closed_once(
+    hub: ServerProcess, browser_context: BrowserContext
+) -> None:
+    page = await client_page(browser_context, hub.url)
+    await page.evaluate(
+        """() => {
+          window.states = { task: [], topic: [] };
+          tidings.createProgressStream("no-such-task-2", {
+            onStateChange: (s) => states.task.push(s), onError: () => {},
+          });
+          tidings.subscribe(["bad topic"], {}, {
+            onStateChange: (s) => states.topic.push(s), onError: () => {},
+          });
+        }"""
+    )
+    await page.wait_for_function("() => states.task.includes(2) && states.topic.includes(2)")
+    # Both CLOSED calls came in the same turn of the page's loop: both would be here.
+    states = await page.evaluate("() => states")
+    assert states["task"].count(2) == 1, states
+    assert states["topic"].count(2) == 1, states
+
+
 async def test_subscribe_delivers_events_by_type_and_to_the_catch_all(
     hub: ServerProcess, browser_context: BrowserContext
 ) -> None:

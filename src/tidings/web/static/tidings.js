@@ -1184,6 +1184,8 @@ class TaskWatch {
     if (this.link && this.subId !== null) this.link.close(this.subId);
     if (forget) this.saver.clear();
     else if (this.settings.persist) this.saver.flush();
+    if (this.stateOfStream === CLOSED) return; // already told (a refused stream)
+    this.stateOfStream = CLOSED;
     for (const set of this.handlerSets) call(set.onStateChange, CLOSED);
   }
 
@@ -1340,6 +1342,8 @@ class TopicWatch {
     this.closed = true;
     this.link.close(this.subId);
     if (this.settings.persist && this.lastId) this.saver.flush();
+    if (this.stateOfStream === CLOSED) return; // already told (a refused stream)
+    this.stateOfStream = CLOSED;
     call(this.options.onStateChange, CLOSED);
   }
 }
