@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import orjson
 import pytest
 
 from tests.conftest import ServerProcess, wait_for
+from tidings import __version__
 
 
 def tidings(*args: str) -> subprocess.CompletedProcess[str]:
@@ -45,10 +47,13 @@ def test_tail_shows_what_publish_sends(server: ServerProcess) -> None:
         assert ident == event_id
         assert kind == "chat_message"
         assert orjson.loads(data) == {"text": "hi from a terminal"}
+        tail.send_signal(signal.SIGINT)  # Ctrl-C: 130, one quiet exit
+        _, err = tail.communicate(timeout=10)
+        assert tail.returncode == 130
+        assert err == ""
     finally:
-        tail.terminate()
-        tail.communicate(timeout=10)
-    assert tail.returncode in (0, -15)
+        if tail.poll() is None:
+            tail.kill()
 
 
 def test_tail_json_prints_one_object_per_event_and_resumes(server: ServerProcess) -> None:
@@ -167,3 +172,11 @@ def test_tail_says_once_that_the_hub_is_unreachable_while_it_retries() -> None:
     assert len(lines) == 1, err
     assert lines[0].startswith(f"tidings: cannot reach {url} (")
     assert lines[0].endswith("; retrying until it answers")
+
+
+def test_version_is_printed() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "tidings", "--version"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0
+    assert done.stdout == f"tidings {__version__}\n"

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import orjson
 
+from tidings import __version__
 from tidings.config import Settings, check_hub_url, is_loopback, load_settings
 from tidings.errors import ConfigError, InvalidTopic, TidingsError
 
@@ -86,6 +87,7 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The ``tidings`` argument parser."""
     parser = _Parser(prog="tidings", description="tidings: a Server-Sent Events hub.")
+    parser.add_argument("--version", action="version", version=f"tidings {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     serve = commands.add_parser("serve", help="run the hub server")
@@ -250,7 +252,8 @@ def _publish(args: argparse.Namespace) -> int:
     try:
         data = orjson.loads(args.data)
     except orjson.JSONDecodeError:
-        raise ConfigError(f"DATA is not valid JSON: {args.data!r}") from None
+        shown = args.data if len(args.data) <= 80 else f"{args.data[:80]}…"
+        raise ConfigError(f"DATA is not valid JSON: {shown!r}") from None
     body: dict[str, Any] = {
         "topic": args.topic,
         "type": args.type,
@@ -299,8 +302,7 @@ def _tail(args: argparse.Namespace) -> int:
                 else:
                     print(f"{event.id}  {event.event}  {event.data}", flush=True)
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
+    asyncio.run(run())  # Ctrl-C ends it with 130, as every command
     return 0
 
 
@@ -363,7 +365,9 @@ def _watch(args: argparse.Namespace) -> int:
     except NotAuthorized as exc:
         message = exc.message
         if exc.status == 401:
-            message += " (pass --token or set TIDINGS_TOKEN)"
+            message += (
+                " (the token was refused)" if args.token else " (pass --token or set TIDINGS_TOKEN)"
+            )
     except LimitExceeded as exc:
         message = f"{exc.message} (retry in {exc.retry_after}s)"
     except TidingsError as exc:

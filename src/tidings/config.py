@@ -140,7 +140,7 @@ class Settings(BaseSettings):
         None,
         gt=0,
         le=MAX_SECONDS,
-        description="End streams older than this (with jitter); off by default.",
+        description="End streams older than this many seconds (with jitter); off by default.",
     )
     task_retention: float = Field(
         86400.0,
