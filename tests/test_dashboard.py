@@ -181,6 +181,7 @@ async def test_with_auth_the_dashboard_takes_a_token_and_shows_what_it_may_see(
     await page.wait_for_function("() => document.querySelectorAll('#feed li').length === 0")
     await page.wait_for_function("() => document.querySelectorAll('.task').length === 0")
     assert "requires a token" in (await page.locator("#auth-note").text_content() or "")
+    assert await page.locator("#tasks-note").text_content() == "Signed out: sign in to see tasks."
 
 
 async def test_the_dashboard_fits_a_phone_screen(

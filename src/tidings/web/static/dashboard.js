@@ -191,8 +191,17 @@ function clearView() {
   $("feed").replaceChildren();
   $("feed-status").classList.remove("error");
   $("feed-status").textContent = "Signed out: sign in to see events.";
+  tasksNote("Signed out: sign in to see tasks.");
   render();
   drawChart();
+}
+
+/** The note over an empty task list: `text`, or the page's own (`null`). */
+function tasksNote(text) {
+  const note = $("tasks-note");
+  view.tasksNote ??= [...note.childNodes].map((node) => node.cloneNode(true));
+  if (text === null) note.replaceChildren(...view.tasksNote.map((node) => node.cloneNode(true)));
+  else note.textContent = text;
 }
 
 function showSignedIn() {
@@ -371,8 +380,10 @@ async function pollTasks(generation) {
   try {
     const { status, body } = await api(`/tasks?limit=${TASK_LIMIT}`);
     if (!live(generation)) return;
-    if (status === 200) mergeTasks(body.tasks);
-    else if (status !== 401) $("tasks-note").textContent = `The hub answered ${status} to /tasks.`;
+    if (status === 200) {
+      tasksNote(null);
+      mergeTasks(body.tasks);
+    } else if (status !== 401) tasksNote(`The hub answered ${status} to /tasks.`);
   } catch {
     // Unreachable: the status pill says so; try again on the next round.
   }
