@@ -464,6 +464,7 @@ async def test_a_node_cut_off_from_redis_delivers_what_others_published_meanwhil
 
     await cut_off.wait_delivered(11)
     assert cut_off.ids() == [before, *meanwhile]
+    assert await cut_off.backend.ping() is True  # ready again: its reader follows the log
     after = await cut_off.publish("t", "after")
     await other.wait_delivered(12)
     await cut_off.wait_delivered(12)

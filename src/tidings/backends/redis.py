@@ -409,6 +409,9 @@ class RedisBackend:
         # Reader position: the log id after which to read, and the last event delivered.
         self._log_id = "0-0"
         self._seen_epoch: str | None = None
+        #: Whether the log reader is connected: a node whose reader is down (or still
+        #: reconnecting after an outage) delivers nothing others publish, so not ready.
+        self._reading = False
         self._seen_seq: int | None = None
 
     def __repr__(self) -> str:
@@ -564,6 +567,8 @@ class RedisBackend:
         return f"{epoch}-{seq}"
 
     async def ping(self) -> bool:
+        if not self._reading:
+            return False  # Redis may answer, but this node cannot follow the log yet
         try:
             return bool(await self._redis.ping())
         except (RedisError, OSError):
@@ -609,6 +614,7 @@ class RedisBackend:
         self._log_id = log_id
         self._seen_epoch = epoch
         self._seen_seq = seq
+        self._reading = True  # placed; the reader connects at once (and says if it cannot)
 
     # -- the sender ----------------------------------------------------------------------
 
@@ -695,6 +701,7 @@ class RedisBackend:
         while not self._closing:
             try:
                 await self._resync()
+                self._reading = True
                 if down_since is not None:
                     logger.warning(
                         "redis is reachable again after %.1f s; delivering from log position %s",
@@ -717,6 +724,7 @@ class RedisBackend:
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
+                self._reading = False
                 if self._closing:
                     return
                 if down_since is None:
@@ -729,6 +737,7 @@ class RedisBackend:
                         self._log_id,
                     )
             except Exception:
+                self._reading = False
                 logger.exception(
                     "redis reader failed at log position %s; restarting it", self._log_id
                 )
