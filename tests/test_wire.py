@@ -9,7 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tidings import events
 from tidings.errors import InvalidEvent
+from tidings.types import JSON
 from tidings.wire import (
     KEEPALIVE,
     EventParser,
@@ -521,3 +523,21 @@ def test_encode_comment_never_dispatches_an_event(data: str) -> None:
     parser = EventParser(on_comment=seen.append)
     assert parser.feed(encode_comment(data)) == []
     assert seen == normalize_newlines(data).split("\n")
+
+
+def test_orjson_writes_exactly_the_depth_the_depth_check_relies_on() -> None:
+    """``dumps_json`` wraps a value so that orjson's own limit refuses one deeper than
+    ``MAX_JSON_DEPTH``: that holds only while orjson stops at ``_ORJSON_DEPTH``."""
+
+    def nested(depth: int) -> JSON:
+        value: JSON = 0
+        for _ in range(depth):
+            value = [value]
+        return value
+
+    orjson.dumps(nested(events._ORJSON_DEPTH))
+    with pytest.raises(orjson.JSONEncodeError, match="Recursion limit"):
+        orjson.dumps(nested(events._ORJSON_DEPTH + 1))
+    assert events.dumps_json(nested(events.MAX_JSON_DEPTH), "data").startswith(b"[[")
+    with pytest.raises(InvalidEvent, match="data nests deeper than 128 levels"):
+        events.dumps_json(nested(events.MAX_JSON_DEPTH + 1), "data")
