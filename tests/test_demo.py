@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -78,11 +80,12 @@ async def types_until_marker(reader: SSEReader) -> set[str]:
     return types
 
 
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_a_stop_signal_ends_the_demo_and_its_hub_in_one_line(stop: signal.Signals) -> None:
-    port = free_port()
+@contextlib.contextmanager
+def demo_at_work(*args: str) -> Iterator[subprocess.Popen[str]]:
+    """``tidings demo`` with ``args``, once it has announced its first task (its hub, its
+    own or the one at ``--url``, is up and work is under way); killed if still running."""
     demo = subprocess.Popen(
-        demo_command("--port", str(port)),
+        demo_command(*args),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -90,14 +93,21 @@ def test_a_stop_signal_ends_the_demo_and_its_hub_in_one_line(stop: signal.Signal
     )
     try:
         assert demo.stdout is not None
-        # Once the first task is announced, the hub is up and work is under way.
         while not (line := demo.stdout.readline()).startswith("  task "):
             assert line, "the demo ended before it started a task"
-        demo.send_signal(stop)
-        out, err = demo.communicate(timeout=30)
+        yield demo
     finally:
         if demo.poll() is None:
             demo.kill()
+            demo.communicate()
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_stop_signal_ends_the_demo_and_its_hub_in_one_line(stop: signal.Signals) -> None:
+    port = free_port()
+    with demo_at_work("--port", str(port)) as demo:
+        demo.send_signal(stop)
+        out, err = demo.communicate(timeout=30)
     assert demo.returncode == 0
     assert err == "tidings demo: stopped\n"
     assert "Traceback" not in out
@@ -141,22 +151,9 @@ def test_a_bad_speed_is_one_clear_line(speed: str) -> None:
 
 def test_a_hub_that_goes_away_ends_the_demo_in_one_line(server_factory: ServerFactory) -> None:
     hub = server_factory()
-    demo = subprocess.Popen(
-        demo_command("--url", hub.url, "--speed", "20"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=demo_env(),
-    )
-    try:
-        assert demo.stdout is not None
-        while not (line := demo.stdout.readline()).startswith("  task "):
-            assert line, "the demo ended before it started a task"
+    with demo_at_work("--url", hub.url, "--speed", "20") as demo:
         hub.stop()
         _, err = demo.communicate(timeout=60)
-    finally:
-        if demo.poll() is None:
-            demo.kill()
     assert demo.returncode != 0
     assert "Traceback" not in err
     assert err.splitlines()[-1] == f"tidings: cannot reach the hub at {hub.url}"
