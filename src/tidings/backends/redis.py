@@ -65,7 +65,7 @@ import orjson
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError, ResponseError
-from redis.retry import Retry
+from redis.asyncio.retry import Retry
 
 from tidings.backends.base import Appended, Deliver, Gap, Replay
 from tidings.errors import BackendUnavailable
