@@ -48,6 +48,7 @@ __all__ = [
     "TaskFinished",
     "TaskNotFound",
     "TidingsError",
+    "error_line",
 ]
 
 
@@ -205,3 +206,13 @@ class StreamEnded(TidingsError):
     def __init__(self, message: str, events: list[ServerSentEvent] | None = None) -> None:
         super().__init__(message)
         self.events: list[ServerSentEvent] = events or []
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for an error a person reads (start-up, the command line): its message, and
+    its cause's when that adds something. Never a traceback."""
+    message = exc.message if isinstance(exc, TidingsError) else f"{type(exc).__name__}: {exc}"
+    cause = exc.__cause__
+    if cause is not None and str(cause) and str(cause) not in message:
+        message = f"{message}: {cause}"
+    return " ".join(message.split())

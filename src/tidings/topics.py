@@ -21,23 +21,34 @@ Decisions that may surprise, stated so nobody "fixes" them:
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Collection, Hashable
+from collections.abc import Collection, Hashable, Sequence
 from typing import Generic, TypeVar
 
-from tidings.errors import InvalidTopic
+from tidings.errors import InvalidTopic, NotAuthorized
 
 __all__ = [
+    "MAX_TOPICS",
     "MAX_TOPIC_BYTES",
+    "TASK_PREFIX",
     "TopicIndex",
+    "check_patterns",
+    "check_publishable",
     "is_wildcard",
     "pattern_matches",
+    "task_of",
+    "task_topic",
     "validate_pattern",
     "validate_topic",
 ]
 
 MAX_TOPIC_BYTES = 256
 """The longest topic or pattern, in bytes of UTF-8 (SPEC §2)."""
+MAX_TOPICS = 32
+"""The most patterns in one subscription (SPEC §3)."""
+TASK_PREFIX = "tasks/"
+"""Topics under this prefix carry task events; only the task service writes them (SPEC §2)."""
 
 _SEGMENT = r"[A-Za-z0-9_.:@-]+"
 # The character class is ASCII only, so a string that matches has one byte per character
@@ -126,6 +137,63 @@ def pattern_matches(pattern: str, topic: str) -> bool:
         if segment != "*" and segment != topic_segments[position]:
             return False
     return len(pattern_segments) == len(topic_segments)
+
+
+def task_topic(task_id: str) -> str:
+    """The topic of a task's events: ``tasks/<task_id>``."""
+    return TASK_PREFIX + task_id
+
+
+def task_of(pattern: str) -> str | None:
+    """The task id of an exact task topic ``tasks/<id>`` (no wildcard), else ``None``."""
+    if not pattern.startswith(TASK_PREFIX):
+        return None
+    rest = pattern[len(TASK_PREFIX) :]
+    if not rest or "/" in rest or rest in ("*", "**"):
+        return None
+    return rest
+
+
+def check_publishable(topic: str) -> str:
+    """Refuse a publish on a reserved topic; return ``topic`` unchanged otherwise.
+
+    ``tasks/...`` topics carry task events, which only the task service writes, so they
+    cannot be forged (SPEC §3). This is the one place that rule lives.
+
+    Raises:
+        NotAuthorized: (403 ``reserved_topic``) ``topic`` is under ``tasks/``.
+    """
+    if topic.startswith(TASK_PREFIX):
+        raise NotAuthorized(
+            "tasks/... topics are written by the task service only", code="reserved_topic"
+        )
+    return topic
+
+
+def check_patterns(patterns: Sequence[str]) -> tuple[str, ...]:
+    """Validate a subscription's patterns (1 to :data:`MAX_TOPICS`, each valid), without
+    duplicates, in their order.
+
+    Raises:
+        InvalidTopic: no pattern, more than 32, or a bad one.
+    """
+    key = tuple(patterns)
+    if 0 < len(key) <= MAX_TOPICS:
+        return _checked_patterns(key)
+    return _check_patterns(key)
+
+
+def _check_patterns(patterns: tuple[str, ...]) -> tuple[str, ...]:
+    if not patterns:
+        raise InvalidTopic("at least one topic is required", code="missing_topic")
+    if len(patterns) > MAX_TOPICS:
+        raise InvalidTopic(f"at most {MAX_TOPICS} topics per subscription", code="too_many_topics")
+    return tuple(dict.fromkeys(validate_pattern(p) for p in patterns))
+
+
+#: Every stream's patterns are checked when it opens, and most streams share a few sets.
+#: Errors are not remembered (``lru_cache`` keeps returns only).
+_checked_patterns = functools.lru_cache(maxsize=256)(_check_patterns)
 
 
 class TopicIndex(Generic[T]):

@@ -2,36 +2,38 @@
 
 Decisions worth knowing before changing this file:
 
-- The queue holds *frames* (already encoded bytes), never events to encode: the hub encodes
-  each event once and every connection shares those bytes (SPEC §4).
-- :meth:`Connection.push` runs inside the hub's dispatch loop, once per matching connection
-  per event. It must not await, allocate much, or touch the subscription index (the index
-  is being iterated). It appends and, the first time in a loop tick, marks the connection
-  dirty; the hub then flushes every dirty connection once, in one callback, at the next
-  tick. So the events of one tick reach a connection in one write, and no task wakes up
-  per event.
-- An idle hub skips the queue: :func:`write_through` writes an event straight to each
-  direct connection that has nothing queued and room in its transport (see
-  ``Hub._dispatch``). A connection with frames queued always gets the next event queued
-  behind them, so the two paths never reorder a stream.
-- Two ways to write, chosen by the web layer when the stream starts:
+- The queue holds *frames* (already encoded bytes), never events to encode: the engine
+  encodes each event once and every connection shares those bytes (SPEC §4).
+- :meth:`Connection.push` runs inside the dispatch loop, once per matching connection per
+  event. It must not await, allocate much, or touch the subscription index (the index is
+  being iterated). It appends and, the first time in a loop tick, marks the connection
+  dirty; the dispatcher then flushes every dirty connection once, in one callback, at the
+  next tick. So the events of one tick reach a connection in one write, and no task wakes
+  up per event.
+- An idle engine skips the queue: :func:`write_through` writes an event straight to each
+  sink connection that has nothing queued and room in its sink (see
+  :meth:`Dispatcher.dispatch <tidings.engine.dispatch.Dispatcher.dispatch>`). A connection
+  with frames queued always gets the next event queued behind them, so the two paths never
+  reorder a stream.
+- Two ways to write, chosen by whoever serves the stream:
 
-  * **direct** (under uvicorn): the connection writes HTTP chunks straight to the server's
-    transport from the hub's flush callback. The request task only waits for the client's
-    disconnect, or for the hub to end the stream. One task per stream, no per-event
-    wake-up, one ``write`` per tick.
-  * **ASGI** (any other server): the request task is the writer; it waits in
-    :meth:`next_chunk` and sends each chunk through ASGI ``send``. A second task waits for
-    the disconnect.
+  * **sink** (``tidings serve``): the server hands the connection its socket's transport
+    (:meth:`attach`), and the dispatcher's flush writes HTTP/1.1 chunks to it. No task per
+    stream, no per-event wake-up, one ``write`` per tick. The server is told once, through
+    the ``on_end`` callback, that the stream is over.
+  * **pull** (an ASGI app under any server): the response's task is the writer; it waits
+    in :meth:`next_chunk` and sends each tick's bytes through ASGI ``send`` as one chunk.
 
-- Backpressure: while a direct transport holds more than :data:`HIGH_WATER` unsent bytes,
-  frames stay in the queue (where newer ``task_progress`` events replace older ones), and
-  the hub retries the connection a few times a second.
+- Backpressure: while a sink holds more than :data:`HIGH_WATER` unsent bytes, frames stay
+  in the queue (where newer ``task_progress`` events replace older ones), and the
+  dispatcher retries the connection a few times a second. In pull mode the ASGI server's
+  own flow control holds the writer in ``send`` and frames wait in the queue the same way.
 - Conflation (SPEC §4): a queued ``task_progress`` of a topic is blanked (``b""``) and the
   newer frame appended at the end, so ids and ``sequence`` never go backwards on the wire.
-- Over its bound (events or bytes) a connection is cut, not trimmed: the client resumes
-  from its last id and history fills the hole. Nothing is dropped silently; the hub counts
-  the frames it discarded and the cut.
+- Over its bound (events or bytes) a connection is cut, not trimmed: its queue is
+  discarded (counted as dropped), it ends at once (a sink is aborted; a pull stream ends
+  its response as soon as its writer is free), and the client resumes from its last id
+  while history fills the hole. Nothing is dropped silently.
 - A *held* stream sends no event until its start is done (its replay is put in front; a
   task's state, or the check of its owner, is read). While the start waits for the backend
   (an outage, SPEC §3) the client still gets the opening bytes and keep-alive comments
@@ -39,6 +41,8 @@ Decisions worth knowing before changing this file:
   nothing. A held stream that ends before its start is done sends none of the events it
   queued (:meth:`Connection.drop_events`): they would skip what must come first, and the
   client would resume past it.
+- Whoever serves the stream calls :meth:`finish` once when it is over; that frees its
+  place in the engine (index, stream caps).
 """
 
 from __future__ import annotations
@@ -46,29 +50,80 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
 from tidings.auth.principal import Principal
 from tidings.events import Event
 
-if TYPE_CHECKING:
-    from tidings.hub import Hub
-
-__all__ = ["HIGH_WATER", "CloseReason", "Connection", "fan_out", "write_through"]
+__all__ = [
+    "HIGH_WATER",
+    "CloseReason",
+    "Connection",
+    "Counters",
+    "Scheduler",
+    "Sink",
+    "fan_out",
+    "write_through",
+]
 
 #: Why a stream ends. ``slow`` and ``client`` end it at once; the others flush first.
 CloseReason = Literal["end", "shutdown", "max_age", "auth_expired", "slow", "client", "gone"]
 
-#: Unsent bytes a direct transport may hold before frames wait in the queue instead.
+#: Unsent bytes a sink may hold before frames wait in the queue instead.
 HIGH_WATER = 64 * 1024
 
 
-class Connection:
-    """A subscriber's stream, owned by the web layer.
+@dataclass(slots=True)
+class Counters:
+    """The engine's event counters (plain integers: the hot path only adds to them)."""
 
-    In ASGI mode the writer calls :meth:`next_chunk` in a loop and sends each chunk;
-    ``None`` means the stream is over (see :attr:`close_reason`). In direct mode the web
-    layer calls :meth:`attach` and waits until :meth:`wait_closed` says the stream is over.
+    published: int = 0
+    delivered: int = 0
+    conflated: int = 0
+    dropped: int = 0
+    slow_disconnects: int = 0
+
+
+class Scheduler(Protocol):
+    """What a connection asks of the dispatcher that delivers to it."""
+
+    counters: Counters
+
+    def mark_dirty(self, conn: Connection) -> None:
+        """Flush ``conn`` at the next tick."""
+        ...
+
+    def settle_pass(self) -> None:
+        """Queue a write-through pass's event where it has not been written yet."""
+        ...
+
+    def backlog(self, conn: Connection) -> None:
+        """Retry ``conn`` later: its sink is full."""
+        ...
+
+
+class Sink(Protocol):
+    """Where a sink-mode stream's bytes go: the socket's transport, in HTTP/1.1 chunks.
+
+    An :class:`asyncio.Transport` is one. The connection only writes; the server that
+    attached it owns it (closes it, and aborts it through :attr:`Connection.aborter`).
+    """
+
+    def write(self, data: bytes) -> None: ...
+
+    def is_closing(self) -> bool: ...
+
+    def get_write_buffer_size(self) -> int: ...
+
+
+class Connection:
+    """A subscriber's stream, served by whoever answered its request.
+
+    In pull mode (an ASGI response) the writer calls :meth:`next_chunk` in a loop and sends
+    each chunk; ``None`` means the stream is over (see :attr:`close_reason`). In sink mode
+    the server calls :meth:`attach` with the socket's transport and is told through
+    ``on_end`` when the stream is over. Either way it then calls :meth:`finish`.
     """
 
     __slots__ = (
@@ -76,11 +131,12 @@ class Connection:
         "_conflate",
         "_count",
         "_dirty",
+        "_dispatcher",
         "_early",
-        "_hub",
         "_on_end",
         "_plain",
         "_queue",
+        "_release",
         "_transport",
         "_waiter",
         "aborter",
@@ -103,7 +159,7 @@ class Connection:
 
     def __init__(
         self,
-        hub: Hub,
+        dispatcher: Scheduler,
         patterns: tuple[str, ...],
         principal: Principal,
         *,
@@ -112,8 +168,10 @@ class Connection:
         end_types: frozenset[str] = frozenset(),
         task_id: str | None = None,
         ip: str | None = None,
+        release: Callable[[Connection], None] | None = None,
     ) -> None:
-        self._hub = hub
+        self._dispatcher = dispatcher
+        self._release = release
         self.patterns = patterns
         self.principal = principal
         self.user = principal.user
@@ -132,10 +190,10 @@ class Connection:
         #: Direct mode, released, open, and not ending on an event type: what
         #: :func:`fan_out` delivers to without calling :meth:`push`.
         self._plain = False
-        self._transport: Any = None
+        self._transport: Sink | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._on_end: Callable[[], None] | None = None
-        #: Called once to cut the transport of a slow client (set by the web layer).
+        #: Called once to cut a slow client at once (set by whoever serves the stream).
         self.aborter: Callable[[], None] | None = None
         self.close_reason: CloseReason | None = None
         #: While true nothing is sent: the replay is being put in front of the queue.
@@ -150,7 +208,17 @@ class Connection:
         #: Monotonic time at which the stream is ended cleanly (max age, token expiry).
         self.retire_at: float | None = None
 
-    # -- producer side (the hub) -------------------------------------------------------
+    def finish(self) -> None:
+        """The stream is over and its server is done with it: free its place in the engine
+        (the index, its stream slot). Called once by whoever serves the stream; later calls
+        do nothing."""
+        release, self._release = self._release, None
+        if self.close_reason is None:
+            self.close_reason = "client"
+        if release is not None:
+            release(self)
+
+    # -- producer side (the dispatcher) ------------------------------------------------
 
     def push(self, event: Event) -> None:
         """Queue ``event`` (dispatch path: no await, no index access)."""
@@ -166,7 +234,7 @@ class Connection:
                 self._bytes -= len(queue[at])
                 self._count -= 1
                 queue[at] = b""
-                self._hub._stats.conflated += 1
+                self._dispatcher.counters.conflated += 1
             self._conflate[event.topic] = len(queue)
         queue.append(frame)
         self._count += 1
@@ -182,7 +250,7 @@ class Connection:
             # _wake's direct-write branch, inlined: this runs once per delivery.
             if not self._dirty and not self.holding:
                 self._dirty = True
-                self._hub._mark_dirty(self)
+                self._dispatcher.mark_dirty(self)
             return
         self._wake()
 
@@ -229,7 +297,7 @@ class Connection:
         # window, and cutting them would only make the client ask for them again.
         self._count = sum(1 for f in live if f)
         self._bytes = sum(len(f) for f in lead) + sum(len(f) for f in live)
-        self._hub._stats.delivered += count
+        self._dispatcher.counters.delivered += count
 
     def send_ahead(self, comment: bytes = b"") -> None:
         """Send what is queued ahead of the first event (the opening bytes), then
@@ -297,10 +365,15 @@ class Connection:
         """End the stream: ``slow``/``client`` at once, other reasons after a flush."""
         # Every event dispatched before the end is queued first (a write-through pass may
         # not have reached this connection yet).
-        self._hub._settle_pass()
+        self._dispatcher.settle_pass()
         if self.holding and reason in ("shutdown", "max_age", "auth_expired"):
             self.drop_events()  # see the module docstring
-        if self.close_reason is None or reason in ("slow", "client"):
+        ending_now = ("slow", "client")
+        if self.close_reason is None or (
+            reason in ending_now and self.close_reason not in ending_now
+        ):
+            # An end at once beats a clean end under way; the first of those is kept
+            # (a client gone after its cut stays "slow", as counted).
             self.close_reason = reason
         self.holding = False
         self._plain = False
@@ -309,9 +382,9 @@ class Connection:
         self._wake(force=True)
 
     def _overflow(self) -> None:
-        hub = self._hub
-        hub._stats.slow_disconnects += 1
-        hub._stats.dropped += self._count
+        counters = self._dispatcher.counters
+        counters.slow_disconnects += 1
+        counters.dropped += self._count
         self._queue = []
         self._conflate.clear()
         self._count = self._bytes = 0
@@ -328,7 +401,7 @@ class Connection:
         if self._transport is not None:
             if not self._dirty:
                 self._dirty = True
-                self._hub._mark_dirty(self)
+                self._dispatcher.mark_dirty(self)
             return
         waiter = self._waiter
         if waiter is not None:
@@ -336,9 +409,9 @@ class Connection:
             if not waiter.done():
                 waiter.set_result(None)
 
-    # -- direct mode -------------------------------------------------------------------
+    # -- sink mode ---------------------------------------------------------------------
 
-    def attach(self, transport: Any, on_end: Callable[[], None], head: bytes = b"") -> None:
+    def attach(self, transport: Sink, on_end: Callable[[], None], head: bytes = b"") -> None:
         """Write straight to ``transport`` from now on.
 
         ``head`` is written first, with what is queued: the response head, when the caller
@@ -371,7 +444,7 @@ class Connection:
             self._wake(force=True)
 
     def detach(self) -> None:
-        """Stop writing to the transport (the web layer sends the end of the body)."""
+        """Stop writing to the sink (its server sends the end of the body)."""
         self._transport = None
         self._plain = False
 
@@ -401,7 +474,7 @@ class Connection:
             if transport.get_write_buffer_size() > HIGH_WATER:
                 # The client is behind: keep the frames here, where progress is conflated
                 # and the bound applies, until the transport drains.
-                self._hub._backlog(self)
+                self._dispatcher.backlog(self)
                 return 0
             data = b"".join(queue) if len(queue) > 1 else queue[0]
             written = self._count
@@ -417,14 +490,14 @@ class Connection:
         return written
 
     def _lost(self) -> None:
-        """The transport is closing: the client is gone or was cut."""
+        """The sink is closing: the client is gone or was cut."""
         self.close_reason = self.close_reason or "client"
         self._plain = False
         self._end()
 
     @property
     def backlogged(self) -> bool:
-        """Whether the transport is over :data:`HIGH_WATER` (direct mode)."""
+        """Whether the sink holds over :data:`HIGH_WATER` unsent bytes (sink mode)."""
         transport = self._transport
         return transport is not None and transport.get_write_buffer_size() > HIGH_WATER
 
@@ -434,7 +507,7 @@ class Connection:
             self._on_end = None
             on_end()
 
-    # -- ASGI mode ---------------------------------------------------------------------
+    # -- pull mode -----------------------------------------------------------------------
 
     @property
     def queued(self) -> int:
@@ -464,7 +537,7 @@ class Connection:
             if self._queue and not self.holding:
                 queue = self._queue
                 chunk = b"".join(queue) if len(queue) > 1 else queue[0]
-                self._hub._stats.delivered += self._count
+                self._dispatcher.counters.delivered += self._count
                 self._queue = []
                 if self._conflate:
                     self._conflate.clear()
@@ -538,7 +611,11 @@ def write_through(event: Event, conns: Iterable[Connection], now: float) -> int:
     for conn in conns:
         if conn._plain and not conn._queue and seq > conn.min_seq:
             transport = conn._transport
-            if not transport.is_closing() and transport.get_write_buffer_size() <= HIGH_WATER:
+            if (
+                transport is not None  # always, for a plain connection
+                and not transport.is_closing()
+                and transport.get_write_buffer_size() <= HIGH_WATER
+            ):
                 transport.write(chunk)
                 conn.last_id = ident
                 conn.last_write = now

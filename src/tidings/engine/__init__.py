@@ -1,0 +1,23 @@
+"""The engine: the topic index, connections and their queues, dispatch, keep-alive, drain.
+
+It writes to a small sink (a transport) or is pulled by an ASGI response, and knows no HTTP
+server and no task service: those sit above it.
+"""
+
+from __future__ import annotations
+
+from tidings.engine.connection import HIGH_WATER, CloseReason, Connection, Counters, Sink
+from tidings.engine.core import Engine, HubStatistics, TaskAccess
+from tidings.engine.dispatch import Dispatcher
+
+__all__ = [
+    "HIGH_WATER",
+    "CloseReason",
+    "Connection",
+    "Counters",
+    "Dispatcher",
+    "Engine",
+    "HubStatistics",
+    "Sink",
+    "TaskAccess",
+]
