@@ -62,9 +62,9 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, TypeVar
 import orjson
 import redis
 import redis.asyncio
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
-from redis.asyncio.retry import Retry
 
 from tidings.backends.base import Appended
 from tidings.backends.redis import (

@@ -2,8 +2,8 @@
 
 Every change follows one path: the store applies a pure transition atomically (the new
 record has ``sequence + 1``), then the service appends the matching event on
-``tasks/<task_id>`` through :meth:`Hub.append` and records the event's id as the task's
-``last_event_id``.
+``tasks/<task_id>`` through the engine's ``append`` and records the event's id as the
+task's ``last_event_id``.
 
 Decisions worth knowing before changing this file:
 
@@ -50,8 +50,6 @@ import asyncio
 import builtins
 import contextlib
 import functools
-import importlib
-import importlib.util
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
@@ -59,6 +57,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from tidings.auth.principal import Principal
 from tidings.backends.base import Replay
+from tidings.engine import Connection, Engine
 from tidings.errors import (
     BackendUnavailable,
     ConfigError,
@@ -91,13 +90,12 @@ from tidings.tasks.model import (
 )
 from tidings.tasks.sqlite import SQLiteTaskStore
 from tidings.tasks.store import Mutation, PublishingTaskStore, TaskStore
+from tidings.topics import task_topic
 from tidings.types import JSON, Priority
 from tidings.wire import encode_event
 
 if TYPE_CHECKING:
     from tidings.config import Settings
-    from tidings.connection import Connection
-    from tidings.hub import Hub
 
 __all__ = [
     "MAX_LIST_LIMIT",
@@ -128,10 +126,10 @@ def open_store(settings: Settings) -> TaskStore:
     """The task store named by ``settings.store`` (not started yet).
 
     ``memory`` → :class:`MemoryTaskStore`; ``sqlite:///path`` → :class:`SQLiteTaskStore`;
-    ``redis`` → ``tidings.tasks.redis.open_store(settings)`` when that module exists.
+    ``redis`` → the Redis store on the backend's Redis (its client is imported only then).
 
     Raises:
-        ConfigError: an unknown store, or ``redis`` where the Redis store is not available.
+        ConfigError: an unknown store, or ``redis`` without the Redis client installed.
     """
     url = settings.store
     if url in ("memory", "memory://"):
@@ -139,14 +137,14 @@ def open_store(settings: Settings) -> TaskStore:
     if url.startswith("sqlite:///"):
         return SQLiteTaskStore.from_url(url)
     if url == "redis" or url.startswith(("redis://", "rediss://")):
-        if importlib.util.find_spec("tidings.tasks.redis") is None:
+        try:
+            from tidings.tasks.redis import open_store as open_redis_store
+        except ImportError as exc:
             raise ConfigError(
-                "invalid --store / TIDINGS_STORE: the Redis task store is not available in "
-                "this version; use 'memory' or 'sqlite:///path'"
-            )
-        module: Any = importlib.import_module("tidings.tasks.redis")
-        store: TaskStore = module.open_store(settings)
-        return store
+                f"--store redis needs the Redis client ({exc.name} is not installed): "
+                "pip install 'tidings[redis]'"
+            ) from None
+        return open_redis_store(settings)
     raise ConfigError(
         f"invalid --store / TIDINGS_STORE: expected 'sqlite:///path' or 'memory' (got {url!r})"
     )
@@ -162,7 +160,7 @@ def event_draft(task: Task, item: TaskEvent, *, max_bytes: int | None = None) ->
         InvalidEvent: the payload is not JSON.
     """
     return make_draft(
-        f"tasks/{task.task_id}",
+        task_topic(task.task_id),
         item.data,
         type=item.type,
         priority=_PRIORITY.get(item.type, "normal"),
@@ -183,7 +181,7 @@ def may_change(principal: Principal | None, task: Task) -> bool:
         return True
     if task.owner is not None and task.owner == principal.user:
         return True
-    return principal.may_publish(f"tasks/{task.task_id}")
+    return principal.may_publish(task_topic(task.task_id))
 
 
 def may_read(principal: Principal | None, task: Task) -> bool:
@@ -191,7 +189,7 @@ def may_read(principal: Principal | None, task: Task) -> bool:
     principal allowed to subscribe to ``tasks/<id>`` (a watcher's token)."""
     if principal is None or may_change(principal, task):
         return True
-    return principal.may_subscribe(f"tasks/{task.task_id}")
+    return principal.may_subscribe(task_topic(task.task_id))
 
 
 class _TaskLocks:
@@ -235,12 +233,12 @@ class TaskService:
     Methods raise :class:`ShuttingDown` before :meth:`start`.
 
     Args:
-        hub: the hub whose backend carries the task events.
-        store: a store to use instead of the one ``hub.settings.store`` names.
+        engine: the engine whose backend carries the task events.
+        store: a store to use instead of the one ``engine.settings.store`` names.
     """
 
-    def __init__(self, hub: Hub, *, store: TaskStore | None = None) -> None:
-        self._hub = hub
+    def __init__(self, engine: Engine, *, store: TaskStore | None = None) -> None:
+        self._engine = engine
         self._given_store = store
         self._store: TaskStore | None = None
         # The store, when it appends events itself (Redis): see PublishingTaskStore.
@@ -263,7 +261,7 @@ class TaskService:
         """
         if self._store is not None:
             return
-        store = self._given_store or open_store(self._hub.settings)
+        store = self._given_store or open_store(self._engine.settings)
         await store.start()
         self._store = store
         self._publishing = store if isinstance(store, PublishingTaskStore) else None
@@ -393,7 +391,7 @@ class TaskService:
                     inserted = await publishing.insert_and_append(
                         task, lambda t: self._draft(t, progress_event(t))
                     )
-                    self._hub.note_published()
+                    self._engine.note_published()
                     return inserted
                 created = await store.insert(task)
                 return await self._publish(created, self._draft(created, progress_event(created)))
@@ -550,7 +548,7 @@ class TaskService:
         The maintenance loop calls this about once a minute; tests may call it directly.
         """
         now = time.time() if now is None else now
-        before = now - self._hub.settings.task_retention
+        before = now - self._engine.settings.task_retention
         gone = [self._current(task) for task in await self.store.purge(before)]
         for task in gone:
             self._latest_ids.pop(task.task_id, None)
@@ -609,8 +607,8 @@ class TaskService:
                 raise TaskNotFound(f"no task {task_id}")
             if _ended_at(task, last_event_id):
                 return None
-        return await self._hub.open_stream(
-            [f"tasks/{task_id}"],
+        return await self._engine.open_stream(
+            [task_topic(task_id)],
             principal=principal,
             end_types=STREAM_END_TYPES,
             task_id=task_id,
@@ -643,7 +641,7 @@ class TaskService:
         conn: Connection,
     ) -> None:
         """Queue a task stream's first events (the stream's ``opening``, see
-        :meth:`Hub.open_stream`).
+        :meth:`Engine.open_stream <tidings.engine.Engine.open_stream>`).
 
         The hub calls this once the stream is registered, and again from its ticker while
         it raises :class:`BackendUnavailable` (the store does not answer). It runs under
@@ -671,7 +669,9 @@ class TaskService:
         if last_event_id:
             replay: Replay | None
             try:
-                replay = await self._hub.backend.replay([f"tasks/{task.task_id}"], last_event_id)
+                replay = await self._engine.backend.replay(
+                    [task_topic(task.task_id)], last_event_id
+                )
             except BackendUnavailable:
                 replay = None  # state, never silence
             if replay is not None and replay.gap is None:
@@ -704,7 +704,7 @@ class TaskService:
         """
         ident = EventId.parse(task.last_event_id) if task.last_event_id else None
         try:
-            latest = EventId.parse(await self._hub.backend.latest_id())
+            latest = EventId.parse(await self._engine.backend.latest_id())
         except BackendUnavailable:
             latest = None
         current = latest is None or (ident is not None and ident.epoch == latest.epoch)
@@ -766,7 +766,7 @@ class TaskService:
                     updated = await publishing.update_and_append(
                         task_id, mutate, lambda t: self._draft(t, event(t))
                     )
-                    self._hub.note_published()
+                    self._engine.note_published()
                     return updated
                 task = await store.update(task_id, mutate)
                 # The draft made in ``mutate`` is the event of the task it returned.
@@ -794,7 +794,7 @@ class TaskService:
         """Append ``draft`` (an event of ``task``) and record its id (called under the
         task's lock)."""
         try:
-            appended = await self._hub.append(draft)
+            appended = await self._engine.append(draft)
         except (BackendUnavailable, ShuttingDown) as exc:
             self._unpublished.add(task.task_id)
             logger.warning(
@@ -836,16 +836,16 @@ class TaskService:
     async def _announce_deleted(self, task: Task, reason: str) -> None:
         self._unpublished.discard(task.task_id)
         try:
-            await self._hub.append(self._draft(task, deleted_event(task, reason)))
+            await self._engine.append(self._draft(task, deleted_event(task, reason)))
         except (BackendUnavailable, ShuttingDown) as exc:
             logger.warning("task %s: task_deleted not published (%s)", task.task_id, exc.message)
 
     def _draft(self, task: Task, item: TaskEvent) -> Draft:
-        return event_draft(task, item, max_bytes=self._hub.settings.max_event_bytes)
+        return event_draft(task, item, max_bytes=self._engine.settings.max_event_bytes)
 
     def _check_json(self, value: JSON, name: str) -> None:
         size = len(dumps_json(value, name))
-        limit = self._hub.settings.max_event_bytes
+        limit = self._engine.settings.max_event_bytes
         if size > limit:
             raise InvalidEvent(f"{name} is {size} bytes as JSON; the limit is {limit}")
 
@@ -863,7 +863,7 @@ class TaskService:
                     continue
                 item = terminal_event(task) if task.terminal else progress_event(task)
                 try:
-                    appended = await self._hub.append(self._draft(task, item))
+                    appended = await self._engine.append(self._draft(task, item))
                 except (BackendUnavailable, ShuttingDown):
                     return  # still down; next round
                 self._unpublished.discard(task_id)
@@ -876,7 +876,7 @@ class TaskService:
         when it starts and one line when it ends, as the Redis backend logs its link, and
         no traceback. Anything else is logged with its traceback and retried.
         """
-        retention = self._hub.settings.task_retention
+        retention = self._engine.settings.task_retention
         purge_every = min(60.0, max(_MAINTENANCE_INTERVAL, retention / 10))
         next_purge = time.monotonic() + _MAINTENANCE_INTERVAL
         down_since: float | None = None

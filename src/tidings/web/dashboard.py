@@ -13,11 +13,11 @@ Decisions worth knowing:
 - **The client is public.** ``tidings.js`` holds no data, so it is served to any origin
   (``Access-Control-Allow-Origin: *``, without credentials): a page on another origin can
   ``import`` it as a module from the hub, and its default hub is where it came from.
-- **Where they are mounted.** :func:`build_client_router` is part of ``hub.router``, so an
-  embedded app serves the client under its prefix (``/sse/static/tidings.js``).
-  :func:`build_dashboard_router` is added by the standalone app (``tidings serve``); an
-  embedded app adds it if it wants the dashboard (``app.include_router(
-  build_dashboard_router(), prefix="/sse")`` serves it at ``/sse/``). The page finds the
+- **Where they are mounted.** ``/static/tidings.js`` is part of ``hub.router``, so an
+  embedded app serves the client under its prefix (``/sse/static/tidings.js``). The
+  dashboard is part of the standalone app (``tidings serve``) and of ``hub.asgi_app()``;
+  an embedded FastAPI app adds it if it wants it (``app.include_router(
+  hub.dashboard_router, prefix="/sse")`` serves it at ``/sse/``). The page finds the
   hub relative to its own URL, so any prefix works.
 - **A strict page.** The dashboard is answered with a Content-Security-Policy that allows
   only its own scripts, styles and connections (no inline script, nothing from another
@@ -31,12 +31,19 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 
-from fastapi import APIRouter, Request
+from starlette.requests import Request
 from starlette.responses import Response
 
-from tidings.web.errors import TidingsRoute
+from tidings.web.context import HubContext
 
-__all__ = ["FILES", "build_client_router", "build_dashboard_router", "static_response"]
+__all__ = [
+    "FILES",
+    "dashboard",
+    "dashboard_css",
+    "dashboard_js",
+    "static_response",
+    "tidings_js",
+]
 
 #: Every file served from ``tidings/web/static``, with its content type.
 FILES: dict[str, str] = {
@@ -101,56 +108,33 @@ def _matches(header: str | None, etag: str) -> bool:
     return etag in {part.strip().removeprefix("W/") for part in header.split(",")}
 
 
-def build_client_router() -> APIRouter:
-    """``GET /static/tidings.js``: the browser client (part of ``hub.router``)."""
-    router = APIRouter(route_class=TidingsRoute)
-
-    @router.api_route(
-        "/static/tidings.js", methods=["GET", "HEAD"], include_in_schema=False, name="tidings_js"
-    )
-    async def tidings_js(request: Request) -> Response:
-        return static_response(request, "tidings.js", {"Access-Control-Allow-Origin": "*"})
-
-    return router
+async def tidings_js(hub: HubContext, request: Request) -> Response:
+    """``GET /static/tidings.js``: the browser client, for any origin."""
+    return static_response(request, "tidings.js", {"Access-Control-Allow-Origin": "*"})
 
 
-def build_dashboard_router() -> APIRouter:
-    """``GET /``: the live dashboard, and its script and style sheet.
+async def dashboard(hub: HubContext, request: Request) -> Response:
+    """``GET /``: the live dashboard's page.
 
-    The standalone app (``tidings serve``) includes it; an embedded app may include it
-    with a prefix. It serves the page only: the data comes from ``/stats``, ``/tasks`` and
-    the streams, with the viewer's own credentials.
+    It serves the page only: the data comes from ``/stats``, ``/tasks`` and the streams,
+    with the viewer's own credentials.
     """
-    router = APIRouter(route_class=TidingsRoute)
-
-    @router.api_route("/", methods=["GET", "HEAD"], include_in_schema=False, name="dashboard")
-    async def dashboard(request: Request) -> Response:
-        return static_response(
-            request,
-            "dashboard.html",
-            {
-                "Content-Security-Policy": DASHBOARD_CSP,
-                "Referrer-Policy": "no-referrer",
-                "X-Frame-Options": "DENY",
-            },
-        )
-
-    @router.api_route(
-        "/static/dashboard.js",
-        methods=["GET", "HEAD"],
-        include_in_schema=False,
-        name="dashboard_js",
+    return static_response(
+        request,
+        "dashboard.html",
+        {
+            "Content-Security-Policy": DASHBOARD_CSP,
+            "Referrer-Policy": "no-referrer",
+            "X-Frame-Options": "DENY",
+        },
     )
-    async def dashboard_js(request: Request) -> Response:
-        return static_response(request, "dashboard.js")
 
-    @router.api_route(
-        "/static/dashboard.css",
-        methods=["GET", "HEAD"],
-        include_in_schema=False,
-        name="dashboard_css",
-    )
-    async def dashboard_css(request: Request) -> Response:
-        return static_response(request, "dashboard.css")
 
-    return router
+async def dashboard_js(hub: HubContext, request: Request) -> Response:
+    """``GET /static/dashboard.js``."""
+    return static_response(request, "dashboard.js")
+
+
+async def dashboard_css(hub: HubContext, request: Request) -> Response:
+    """``GET /static/dashboard.css``."""
+    return static_response(request, "dashboard.css")

@@ -1,16 +1,20 @@
-"""The HTTP API (SPEC §3): thin routes over the same calls the Python API offers."""
+"""The hub's own endpoints (SPEC §3): thin handlers over the calls the Python API offers.
+
+Each handler takes the hub (a :class:`~tidings.web.context.HubContext`) and the request,
+and returns a response or raises; :mod:`tidings.web.routes` renders what they raise in the
+SPEC's error shape, and lists every endpoint once.
+"""
 
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Any, Literal
 
 import orjson
-from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import QueryParams
-from starlette.requests import ClientDisconnect
-from starlette.responses import Response
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
 from starlette.types import Scope
 
 from tidings.errors import (
@@ -22,21 +26,26 @@ from tidings.errors import (
     RequestTooLarge,
 )
 from tidings.events import too_deep
-from tidings.hub import check_patterns
-from tidings.web.errors import TidingsRoute, error_response, render, validation_message
+from tidings.topics import check_patterns, check_publishable
+from tidings.web.context import HubContext
+from tidings.web.errors import error_response, validation_message
 from tidings.web.metrics import render_metrics
 from tidings.web.security import client_ip, principal_key, resolve_principal
 from tidings.web.streaming import EventStreamResponse
 
-if TYPE_CHECKING:
-    from tidings.hub import Hub
-
 __all__ = [
+    "ERRORS",
     "PublishRequest",
-    "build_router",
-    "events_response",
-    "publish_response",
+    "PublishResponse",
+    "events",
+    "header",
+    "healthz",
+    "metrics",
+    "publish",
     "read_json_object",
+    "readyz",
+    "require_admin",
+    "stats",
 ]
 
 
@@ -139,25 +148,23 @@ async def read_json_object(
     return value
 
 
-async def events_response(hub: Hub, request: Request) -> Response:
-    """``GET /events``: authorize, register and answer a stream (or the error)."""
-    try:
-        if hub.shutting_down:
-            return error_response(503, "shutting_down", "the hub is shutting down")
-        # Attempts are counted before any other work, so a flood is cut cheaply (SPEC §5).
-        ip = client_ip(request)
-        hub.limits.check_connect(ip)
-        patterns, resume = _stream_query(request.scope["query_string"])
-        sent = header(request.scope, b"last-event-id")
-        if sent is not None:
-            resume = sent.decode("latin-1")
-        principal = await resolve_principal(hub, request)
-        conn = await hub.open_stream(
-            patterns, principal=principal, last_event_id=resume or None, ip=ip
-        )
-    except Exception as exc:
-        return render(exc)
-    return EventStreamResponse(hub, conn)
+async def events(hub: HubContext, request: Request) -> Response:
+    """``GET /events``: authorize, register and answer a stream."""
+    engine = hub.engine
+    if engine.shutting_down:
+        return error_response(503, "shutting_down", "the hub is shutting down")
+    # Attempts are counted before any other work, so a flood is cut cheaply (SPEC §5).
+    ip = client_ip(request)
+    engine.limits.check_connect(ip)
+    patterns, resume = _stream_query(request.scope["query_string"])
+    sent = header(request.scope, b"last-event-id")
+    if sent is not None:
+        resume = sent.decode("latin-1")
+    principal = await resolve_principal(hub, request)
+    conn = await engine.open_stream(
+        patterns, principal=principal, last_event_id=resume or None, ip=ip
+    )
+    return EventStreamResponse(conn)
 
 
 #: Query strings longer than this are parsed every time instead of being remembered.
@@ -194,125 +201,82 @@ def header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
-async def publish_response(hub: Hub, request: Request) -> Response:
-    """``POST /publish``: ``202`` with the event's id, or the error."""
+async def publish(hub: HubContext, request: Request) -> Response:
+    """``POST /publish``: ``202`` with the event's id."""
+    engine = hub.engine
+    principal = await resolve_principal(hub, request)
+    engine.limits.check_publish(principal_key(principal, request))
+    raw = await read_json_object(request, hub.settings.max_body_bytes, nested="data")
     try:
-        principal = await resolve_principal(hub, request)
-        hub.limits.check_publish(principal_key(principal, request))
-        raw = await read_json_object(request, hub.settings.max_body_bytes, nested="data")
-        try:
-            body = PublishRequest.model_validate(raw)
-        except ValidationError as exc:
-            raise InvalidEvent(validation_message(exc), code="invalid_request") from None
-        if not body.topic.startswith("tasks/") and not principal.may_publish(body.topic):
-            raise NotAuthorized(f"not allowed to publish on {body.topic!r}")
-        try:
-            event_id = await hub.publish(
-                body.topic,
-                body.data,
-                type=body.type,
-                priority=body.priority,
-                users=body.users,
-                retry=body.retry,
-                idempotency_key=body.idempotency_key,
-            )
-        except InvalidTopic as exc:
-            raise InvalidEvent(exc.message, code="invalid_topic") from None
-    except Exception as exc:
-        return render(exc)
+        body = PublishRequest.model_validate(raw)
+    except ValidationError as exc:
+        raise InvalidEvent(validation_message(exc), code="invalid_request") from None
+    check_publishable(body.topic)
+    if not principal.may_publish(body.topic):
+        raise NotAuthorized(f"not allowed to publish on {body.topic!r}")
+    try:
+        event_id = await engine.publish(
+            body.topic,
+            body.data,
+            type=body.type,
+            priority=body.priority,
+            users=body.users,
+            retry=body.retry,
+            idempotency_key=body.idempotency_key,
+        )
+    except InvalidTopic as exc:
+        raise InvalidEvent(exc.message, code="invalid_topic") from None
     return Response(orjson.dumps({"id": event_id}), status_code=202, media_type="application/json")
 
 
-def build_router(hub: Hub) -> APIRouter:
-    """Every tidings endpoint, bound to ``hub``."""
-    router = APIRouter(route_class=TidingsRoute, responses=ERRORS)
-
-    @router.get(
-        "/events",
-        summary="Subscribe to topics (Server-Sent Events)",
-        status_code=200,
-        response_class=EventStreamResponse,
-        responses={200: {"content": {"text/event-stream": {}}, "description": "Event stream"}},
-    )
-    async def events(
-        request: Request,
-        topic: Annotated[list[str], Query(description="Topic or pattern (1 to 32).")] = [],  # noqa: B006
-        last_event_id: Annotated[
-            str | None, Query(description="Resume after this id (if no Last-Event-ID header).")
-        ] = None,
-        token: Annotated[str | None, Query(description="Token, if query tokens are on.")] = None,
-    ) -> Response:
-        # The parameters above document the query for OpenAPI; the work is shared with the
-        # standalone server's fast path (see tidings.web.app).
-        return await events_response(hub, request)
-
-    @router.post(
-        "/publish",
-        status_code=202,
-        summary="Publish an event",
-        response_model=PublishResponse,
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": PublishRequest.model_json_schema()}},
-            }
+async def stats(hub: HubContext, request: Request) -> Response:
+    """``GET /stats``: connection and event counters (admins only when auth is on)."""
+    await require_admin(hub, request)
+    s = hub.engine.statistics()
+    tasks_active = await _active_tasks(hub)
+    body = {
+        "connections": {
+            "total": s.connections,
+            "by_topic": s.by_topic,
+            "by_task": s.by_task,
+            "by_user": s.by_user,
         },
-    )
-    async def publish(request: Request) -> Response:
-        # The work is shared with the standalone app's fast path (tidings.web.app).
-        return await publish_response(hub, request)
-
-    @router.get("/stats", summary="Connection and event counters")
-    async def stats(request: Request) -> dict[str, Any]:
-        await _require_admin(hub, request)
-        s = hub.statistics()
-        tasks_active = await _active_tasks(hub)
-        return {
-            "connections": {
-                "total": s.connections,
-                "by_topic": s.by_topic,
-                "by_task": s.by_task,
-                "by_user": s.by_user,
-            },
-            "events": {
-                "published": s.published,
-                "delivered": s.delivered,
-                "conflated": s.conflated,
-                "dropped": s.dropped,
-                "slow_disconnects": s.slow_disconnects,
-            },
-            "tasks": {"active": tasks_active},
-            "uptime_seconds": round(s.uptime_seconds, 3),
-        }
-
-    @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-    async def metrics(request: Request) -> Response:
-        await _require_admin(hub, request)
-        body, content_type = render_metrics(hub, await _active_tasks(hub))
-        return Response(body, media_type=content_type)
-
-    @router.get("/healthz", summary="The process is up")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @router.get("/readyz", summary="The backend is reachable", response_model=None)
-    async def readyz() -> Response | dict[str, str]:
-        if hub.shutting_down:
-            return error_response(503, "shutting_down", "the hub is shutting down")
-        if not await hub.backend.ping():
-            return error_response(503, "backend_unavailable", "the backend is unreachable")
-        return {"status": "ready"}
-
-    from tidings.web.dashboard import build_client_router
-    from tidings.web.task_routes import build_task_router
-
-    router.include_router(build_task_router(hub))
-    # The browser client, so an embedded app serves it under its prefix too.
-    router.include_router(build_client_router())
-    return router
+        "events": {
+            "published": s.published,
+            "delivered": s.delivered,
+            "conflated": s.conflated,
+            "dropped": s.dropped,
+            "slow_disconnects": s.slow_disconnects,
+        },
+        "tasks": {"active": tasks_active},
+        "uptime_seconds": round(s.uptime_seconds, 3),
+    }
+    return Response(orjson.dumps(body), media_type="application/json")
 
 
-async def _active_tasks(hub: Hub) -> int | None:
+async def metrics(hub: HubContext, request: Request) -> Response:
+    """``GET /metrics``: the same counters in Prometheus text format."""
+    await require_admin(hub, request)
+    body, content_type = render_metrics(hub.engine.statistics(), await _active_tasks(hub))
+    return Response(body, media_type=content_type)
+
+
+async def healthz(hub: HubContext, request: Request) -> Response:
+    """``GET /healthz``: the process is up."""
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(hub: HubContext, request: Request) -> Response:
+    """``GET /readyz``: the backend is reachable (503 while not, or while shutting down)."""
+    engine = hub.engine
+    if engine.shutting_down:
+        return error_response(503, "shutting_down", "the hub is shutting down")
+    if not await engine.backend.ping():
+        return error_response(503, "backend_unavailable", "the backend is unreachable")
+    return JSONResponse({"status": "ready"})
+
+
+async def _active_tasks(hub: HubContext) -> int | None:
     """Tasks pending or running; ``None`` while the store cannot be read (Redis down): the
     counters are most needed in an outage, so ``/stats`` and ``/metrics`` still answer."""
     try:
@@ -321,7 +285,12 @@ async def _active_tasks(hub: Hub) -> int | None:
         return None
 
 
-async def _require_admin(hub: Hub, request: Request) -> None:
+async def require_admin(hub: HubContext, request: Request) -> None:
+    """Let admins through (everyone when auth is off).
+
+    Raises:
+        NotAuthorized: 401 without credentials, 403 for a caller who is not an admin.
+    """
     if hub.authenticate is None and not hub.settings.auth_enabled:
         return
     principal = await resolve_principal(hub, request)

@@ -1,28 +1,25 @@
 """The one place where errors become HTTP responses (SPEC §3's error shape).
 
-Every tidings route uses :class:`TidingsRoute`, so the shape holds even when an application
-mounts ``hub.router`` into its own FastAPI app, whose exception handlers we do not own.
-Unknown exceptions are logged with their traceback and answered with a bare 500: no stack
-trace or internal detail reaches a client.
+Every tidings endpoint is answered through :func:`render` (see :mod:`tidings.web.routes`),
+so the shape holds even when an application mounts ``hub.router`` into its own FastAPI
+app, whose exception handlers we do not own. Unknown exceptions are logged with their
+traceback and answered with a bare 500: no stack trace or internal detail reaches a client.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Coroutine, Mapping
-from typing import Any
+from collections.abc import Mapping
 
 import orjson
-from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from tidings.errors import LimitExceeded, TidingsError
 
-__all__ = ["TidingsRoute", "error_response", "validation_message"]
+__all__ = ["error_response", "render", "validation_message"]
 
 logger = logging.getLogger("tidings.web")
 
@@ -63,18 +60,3 @@ def validation_message(exc: RequestValidationError | ValidationError) -> str:
         msg = "unknown field"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"{where}: {msg}{more}" if where else f"{msg}{more}"
-
-
-class TidingsRoute(APIRoute):
-    """An ``APIRoute`` that renders every error in the SPEC's shape."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def route(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except Exception as exc:
-                return render(exc)
-
-        return route

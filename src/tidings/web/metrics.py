@@ -1,20 +1,18 @@
 """``/metrics``: the hub's counters in Prometheus text format, read at scrape time.
 
-Nothing is counted twice: the collector reads :meth:`Hub.statistics`, the same numbers as
+Nothing is counted twice: the collector reads the engine's statistics, the same numbers as
 ``/stats``, so the hot path pays for plain integer increments only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from tidings.hub import Hub, HubStatistics
+from tidings.engine import HubStatistics
 
 __all__ = ["render_metrics"]
 
@@ -57,9 +55,9 @@ class _HubCollector(Collector):
         )
 
 
-def render_metrics(hub: Hub, active_tasks: int | None) -> tuple[bytes, str]:
-    """The Prometheus exposition of ``hub`` and its content type (``active_tasks`` is
+def render_metrics(stats: HubStatistics, active_tasks: int | None) -> tuple[bytes, str]:
+    """The Prometheus exposition of ``stats`` and its content type (``active_tasks`` is
     ``None`` when unknown: the gauge is left out)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_HubCollector(hub.statistics(), active_tasks))
+    registry.register(_HubCollector(stats, active_tasks))
     return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING
 
 from starlette.requests import HTTPConnection
 
 from tidings.auth.principal import ANONYMOUS, Principal
 from tidings.errors import NotAuthorized
-
-if TYPE_CHECKING:
-    from tidings.hub import Hub
+from tidings.web.context import HubContext
 
 __all__ = ["client_ip", "principal_key", "resolve_principal", "token_of"]
 
@@ -36,7 +33,7 @@ def token_of(conn: HTTPConnection, *, allow_query: bool) -> str | None:
     return None
 
 
-async def resolve_principal(hub: Hub, conn: HTTPConnection) -> Principal:
+async def resolve_principal(hub: HubContext, conn: HTTPConnection) -> Principal:
     """The principal of ``conn``.
 
     An application's own ``authenticate`` callable wins; otherwise JWT when configured;

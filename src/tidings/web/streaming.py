@@ -1,22 +1,26 @@
-"""The SSE response: one writer per stream, one send per wake-up.
+"""The SSE response: a stream served through ASGI, or handed to the server's own socket.
 
 Decisions worth knowing before changing this file:
 
-- Under uvicorn (``tidings serve``, and embedded apps run by uvicorn) the stream writes
-  *directly* to the server's transport: the response start goes through ASGI ``send``,
-  then the hub's per-tick flush writes each connection's queued frames as one HTTP chunk
-  (``<size>\r\n<frames>\r\n``) straight to the transport, and the final empty chunk goes
-  through ``send`` again, so uvicorn's framing state stays right. The request task only
-  waits for the disconnect. One task per stream, no per-event wake-up, one ``write`` per
-  tick. The transport is found once, from the request task (``run_asgi``'s owner); it is
-  also what lets a slow client be cut *now* (``transport.abort()``): ASGI has no abort, and
-  closing a transport waits for the unread bytes forever.
-- Under any other server the request task is the writer and sends each chunk through ASGI
-  ``send``; a second task waits for the disconnect. A slow client is cut by cancelling
-  the request task, and the server closes the connection.
+- **Plain ASGI everywhere but ``tidings serve``.** Under any ASGI server (uvicorn,
+  hypercorn, granian, daphne) the response's task is the writer: it waits for the
+  connection's next chunk (everything queued since the last one, joined) and sends it
+  through ASGI ``send``: one ``send`` per tick, whatever the number of events. A second
+  task waits for the client's disconnect. The application's middleware sees every byte.
+- **Handed off under ``tidings serve``.** The standalone server advertises the ASGI
+  extension :data:`ATTACH` in the request's scope. Then the response sends its start as
+  usual (middleware still adds headers), sends one ``{"type": ATTACH, "connection":
+  conn}`` message, and returns: the server writes the stream to its socket from the
+  dispatcher's flush, with no task per stream (docs/architecture.md).
+- **A slow client is cut by ending its response.** Over its bound the connection's queue
+  is discarded (counted) and the writer ends the response as soon as its current ``send``
+  returns (the server's flow control holds it while the client does not read). A client
+  that reads nothing at all keeps that ``send`` waiting: the engine then cancels the task
+  (:data:`CUT_AFTER`), and the server closes the connection. The client resumes from its
+  last id and history fills the hole.
 - On a clean end (shutdown, maximum age, token expiry, a task's terminal event) the writer
-  flushes the queue and sends the final empty chunk, so clients see a proper end of the
-  chunked body and reconnect; they never see a reset.
+  flushes the queue and ends the body, so clients see a proper end of the chunked body
+  and reconnect; they never see a reset.
 """
 
 from __future__ import annotations
@@ -24,17 +28,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from tidings.connection import Connection
+from tidings.engine import Connection
 
-if TYPE_CHECKING:
-    from tidings.hub import Hub
+__all__ = ["ATTACH", "CUT_AFTER", "SSE_HEADERS", "EventStreamResponse"]
 
-__all__ = ["SSE_HEADERS", "EventStreamResponse"]
+#: The ASGI extension (and message type) of a server that writes streams itself.
+ATTACH = "tidings.stream.attach"
+
+#: Seconds a cut slow client's writer may stay blocked in ``send`` before it is cancelled.
+CUT_AFTER = 5.0
 
 SSE_HEADERS = {
     "Cache-Control": "no-store",
@@ -43,7 +50,7 @@ SSE_HEADERS = {
 
 
 class EventStreamResponse(Response):
-    """Streams a :class:`~tidings.connection.Connection` until it ends."""
+    """Streams a :class:`~tidings.engine.Connection` until it ends."""
 
     media_type = "text/event-stream"
     charset = "utf-8"
@@ -52,12 +59,10 @@ class EventStreamResponse(Response):
 
     def __init__(
         self,
-        hub: Hub,
         conn: Connection,
         headers: dict[str, str] | None = None,
         status_code: int = 200,
     ) -> None:
-        self.hub = hub
         self.conn = conn
         self.status_code = status_code
         self.background = None
@@ -75,64 +80,37 @@ class EventStreamResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         conn = self.conn
+        start = {"type": "http.response.start", "status": self.status_code}
+        if ATTACH in (scope.get("extensions") or {}):
+            try:
+                await send({**start, "headers": self.raw_headers})
+                await send({"type": ATTACH, "connection": conn})
+            except BaseException:
+                conn.close("client")
+                conn.finish()
+                raise
+            return
         task = asyncio.current_task()
-        transport = _server_transport(task)
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            if transport is not None:
-                conn.aborter = transport.abort
-                await self._run_direct(conn, transport, receive)
-            else:
-                conn.aborter = _canceller(task)
-                await self._run_asgi(conn, receive, send)
-            if conn.close_reason not in ("slow", "client"):
+            await send({**start, "headers": self.raw_headers})
+            conn.aborter = _canceller(task)
+            await self._write(conn, receive, send)
+            if conn.close_reason != "client":
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
-            elif conn.close_reason == "slow" and transport is not None:
-                # The transport was aborted: the server learns it on its next loop turn.
-                # Returning before that would be, to it, an application that left its
-                # response unfinished (uvicorn logs it as an error).
-                await _disconnected(receive)
         except asyncio.CancelledError:
-            # Our own cut of a slow client under a server we cannot abort (see the module
-            # docstring); anything else propagates as usual.
+            # The engine's cut of a client that reads nothing (or of one still stuck when
+            # the shutdown grace ran out): the server closes the connection. Anything else
+            # propagates as usual.
             if conn.close_reason != "slow" or task is None or task.uncancel() > 0:
                 raise
         except OSError:
             conn.close("client")
         finally:
             conn.aborter = None
-            conn.detach()
-            self.hub.close_stream(conn)
+            conn.finish()
 
-    async def _run_direct(self, conn: Connection, transport: Any, receive: Receive) -> None:
-        """The hub writes to the transport; this task only waits for the end.
-
-        It waits in ``receive()`` for the client's disconnect; when the hub ends the stream
-        (everything written), it wakes this task by cancelling it, so a stream costs one
-        task and no wake-up per event.
-        """
-        task = asyncio.current_task()
-        assert task is not None
-        ended = False
-
-        def wake() -> None:
-            nonlocal ended
-            ended = True
-            task.cancel()
-
-        try:
-            conn.attach(transport, wake)
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    conn.close("client")
-                    return
-        except asyncio.CancelledError:
-            if not ended or task.uncancel() > 0:
-                raise
-
-    async def _run_asgi(self, conn: Connection, receive: Receive, send: Send) -> None:
-        """This task writes each chunk through ASGI ``send``; another waits for the end."""
+    async def _write(self, conn: Connection, receive: Receive, send: Send) -> None:
+        """Send each chunk through ASGI ``send`` until the stream is over."""
         watcher = asyncio.create_task(_watch_disconnect(receive, conn))
         try:
             while True:
@@ -154,31 +132,16 @@ async def _watch_disconnect(receive: Receive, conn: Connection) -> None:
             return
 
 
-async def _disconnected(receive: Receive) -> None:
-    """Wait for the server's ``http.disconnect`` (at most a second: it is on its way)."""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(1.0):
-            while (await receive())["type"] != "http.disconnect":
-                pass
-
-
 def _canceller(task: asyncio.Task[Any] | None) -> Callable[[], None]:
-    """A function that ends this request at once by cancelling its task."""
+    """The stream's aborter: cancel this request's task if it is still running
+    :data:`CUT_AFTER` seconds later (its writer blocked in ``send``, see the module)."""
 
     def cancel() -> None:
         if task is not None and not task.done():
             task.cancel()
 
-    return cancel
+    def later() -> None:
+        if task is not None and not task.done():
+            task.get_loop().call_later(CUT_AFTER, cancel)
 
-
-def _server_transport(task: asyncio.Task[Any] | None) -> Any:
-    """uvicorn's transport for the request run by ``task``, or ``None`` elsewhere."""
-    if task is None:
-        return None
-    frame = getattr(task.get_coro(), "cr_frame", None)
-    owner = frame.f_locals.get("self") if frame is not None else None
-    transport = getattr(owner, "transport", None)
-    if transport is not None and callable(getattr(transport, "abort", None)):
-        return transport
-    return None
+    return later
