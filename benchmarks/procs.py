@@ -318,7 +318,7 @@ def run_server(
         argv = [granian, "--interface", "asgi", "--factory", "--loop", "uvloop"]
         argv += ["--workers", "1", "--runtime-mode", "st", "--no-ws", "--log-level", "warning"]
         argv += ["--host", "127.0.0.1", "--port", str(port), "--backlog", "4096"]
-        argv += ["--backpressure", "20000", "tidings.server:create_app_from_env"]
+        argv += ["--backpressure", "20000", "tidings.hub:app_from_env"]
     elif spec.name == "nchan":
         tmpdir = Path(tempfile.mkdtemp(prefix="nchan-", dir=BUILD))
         (tmpdir / "tmp").mkdir()

@@ -13,7 +13,6 @@ from tests.conftest import ServerFactory, ServerProcess
 from tidings import Hub
 from tidings.auth.jwt import mint_token
 from tidings.client import AsyncPublisher
-from tidings.web.dashboard import build_dashboard_router
 
 if TYPE_CHECKING:
     from playwright.async_api import BrowserContext, Page
@@ -264,7 +263,7 @@ async def embedded() -> AsyncIterator[httpx.AsyncClient]:
     hub = Hub(store="memory", keepalive=60, shutdown_grace=0)
     app = FastAPI()
     app.include_router(hub.router, prefix="/sse")
-    app.include_router(build_dashboard_router(), prefix="/sse")
+    app.include_router(hub.dashboard_router, prefix="/sse")
     await hub.start()
     try:
         transport = httpx.ASGITransport(app=app)

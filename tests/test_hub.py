@@ -13,10 +13,11 @@ import pytest
 from tidings.auth.principal import Principal
 from tidings.backends.base import Replay
 from tidings.backends.memory import MemoryBackend
-from tidings.connection import HIGH_WATER, Connection
+from tidings.engine import HIGH_WATER, Connection
 from tidings.errors import BackendUnavailable, InvalidTopic, NotAuthorized, ShuttingDown
 from tidings.events import Event, EventId, make_draft
-from tidings.hub import BACKLOG_RETRY, FLUSH_BATCH, Hub
+from tidings.engine.dispatch import BACKLOG_RETRY, FLUSH_BATCH
+from tidings.hub import Hub
 from tidings.wire import EventParser, ServerSentEvent
 
 
@@ -124,7 +125,7 @@ async def test_a_resumed_stream_never_gets_events_up_to_its_id_late(hub: Hub) ->
     conn = await hub.open_stream(["t"], last_event_id=old[-1])  # nothing to replay
     await conn.next_chunk()  # the opening bytes
     for event in replay.events:  # the lagging reader, catching up
-        hub._dispatch(event)
+        hub.engine.dispatcher.dispatch(event)
     live = await hub.publish("t", 3)
     assert [e.id for e in await drain(conn)] == [live]
 
@@ -157,7 +158,7 @@ async def test_closed_stream_leaves_the_index(hub: Hub) -> None:
     conn = await hub.open_stream(["t", "u/**"])
     hub.close_stream(conn)
     assert hub.statistics().connections == 0
-    assert len(hub._index) == 0
+    assert len(hub.engine.dispatcher.index) == 0
 
 
 async def test_shutdown_flushes_then_ends_streams(hub: Hub) -> None:
@@ -222,7 +223,7 @@ async def settle(hub: Hub) -> None:
     """Let the hub's write-through and flush passes run to the end."""
     for _ in range(100):
         await asyncio.sleep(0)
-        if not hub._dirty and hub._pass is None:
+        if not hub.engine.dispatcher.busy:
             return
     raise AssertionError("the flush never finished")
 
@@ -257,7 +258,7 @@ async def test_a_batch_from_the_backend_leaves_in_one_write(hub: Hub) -> None:
     transport.writes.clear()
     events = [Event.from_draft(make_draft("t", i), EventId("e", 100 + i)) for i in range(3)]
     for i, event in enumerate(events):
-        hub._dispatch(event, i < len(events) - 1)
+        hub.engine.dispatcher.dispatch(event, i < len(events) - 1)
     assert transport.writes == []
     await settle(hub)
     assert len(transport.writes) == 1
@@ -441,7 +442,7 @@ async def test_a_hub_that_stays_behind_keeps_each_connection_once_in_its_flush_l
         for i in range(10):
             ids.append(await hub.publish("t", i))
             await asyncio.sleep(0)  # one batch per publish: the hub never catches up here
-            assert len(hub._dirty) <= len(streams)
+            assert len(hub.engine.dispatcher._dirty) <= len(streams)
         await settle(hub)
         for _, transport in streams:
             events = chunk_events(b"".join(transport.writes[1:]))
@@ -484,7 +485,7 @@ async def test_a_held_stream_stays_alive_and_sends_nothing_it_holds_until_its_st
         for conn, transport in streams:
             assert transport.writes[0].startswith(b"HEAD\r\n\r\n")
             conn.last_write -= 120  # silent for longer than the keep-alive
-        await hub._tick()
+        await hub.engine.tick()
         for _, transport in streams:
             sent = b"".join(transport.writes).removeprefix(b"HEAD\r\n\r\n")
             assert b": tidings" in sent
@@ -493,13 +494,13 @@ async def test_a_held_stream_stays_alive_and_sends_nothing_it_holds_until_its_st
 
         retired, retired_transport = streams[0]
         retired.retire_at = 0.0  # past its maximum age while held
-        await hub._tick()
+        await hub.engine.tick()
         await settle(hub)
         assert retired.close_reason == "max_age"
         assert chunk_events(b"".join(retired_transport.writes[1:])) == []
 
         backend.down = False
-        await hub._tick()  # the ticker retries the resume
+        await hub.engine.tick()  # the ticker retries the resume
         await settle(hub)
         conn, transport = streams[1]
         sent = b"".join(transport.writes).removeprefix(b"HEAD\r\n\r\n")

@@ -17,7 +17,7 @@ import pytest
 
 from tidings.auth.principal import ANONYMOUS, Principal
 from tidings.config import load_settings
-from tidings.connection import Connection
+from tidings.engine import Connection
 from tidings.errors import (
     EventTooLarge,
     InvalidEvent,
@@ -323,7 +323,7 @@ async def test_a_reconnect_never_gets_events_up_to_its_id_late(hub: Hub) -> None
     old = await hub.backend.replay([f"tasks/{task.task_id}"], f"{epoch}-0")
     stream = await task_stream(hub, task.task_id, last_event_id=seen.last_event_id)
     for event in old.events:  # the lagging reader, catching up
-        hub._dispatch(event)
+        hub.engine.dispatcher.dispatch(event)
     done = await hub.tasks.complete(task.task_id)
     events = await stream.until_end()
     assert [(e.event, e.id) for e in events] == [("task_completed", done.last_event_id)]

@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from starlette.requests import HTTPConnection
 
 from tidings import Hub, Principal
-from tidings.connection import Connection
+from tidings.engine import Connection
 from tidings.types import JSON, Priority
 
 PAGE = Path(__file__).with_name("page.html")

@@ -5,6 +5,7 @@ The supported names are re-exported here; everything else is reached through its
 
 from __future__ import annotations
 
+from tidings._version import __version__
 from tidings.auth.principal import Principal
 from tidings.client import AsyncPublisher, Publisher, subscribe, watch_task
 from tidings.config import Settings
@@ -26,8 +27,6 @@ from tidings.errors import (
 from tidings.events import Event
 from tidings.hub import Hub, HubStatistics
 from tidings.tasks.model import Task
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AsyncPublisher",

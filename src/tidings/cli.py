@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import orjson
 
-from tidings import __version__
+from tidings._version import __version__
 from tidings.config import Settings, check_hub_url, is_loopback, load_settings
 from tidings.errors import ConfigError, InvalidTopic, TidingsError
 
@@ -240,9 +240,10 @@ def _serve(args: argparse.Namespace) -> int:
             f"refusing to serve {settings.host} with authentication off; set --jwt-secret or "
             "--jwt-public-key, or pass --insecure"
         )
+    from tidings.hub import serve_app
     from tidings.server import run
 
-    return run(settings)
+    return run(settings, serve_app)
 
 
 def _publish(args: argparse.Namespace) -> int:

@@ -1,7 +1,7 @@
-"""``TestHub``: a hub on a real loopback uvicorn server, run in a background thread.
+"""``TestHub``: a hub on a real loopback server (tidings' own), run in a background thread.
 
 The server gets a socket bound to port 0 (a free port, with no race to take it) and tells
-the test it is ready from uvicorn's own start-up, not by polling. The hub lives on the
+the test it is ready from its own start-up, not by polling. The hub lives on the
 server's loop: the test reaches it through :meth:`TestHub.run` and over HTTP.
 """
 
@@ -20,7 +20,9 @@ from urllib.parse import quote
 import httpx
 
 from tidings.client.publisher import AsyncPublisher, Publisher
+from tidings.engine import Connection
 from tidings.hub import Hub, HubStatistics
+from tidings.server import Server
 from tidings.testing.streams import FROM_START, AsyncStream, Since, Stream, _FromStart
 from tidings.types import JSON, Priority
 from tidings.wire import ServerSentEvent
@@ -37,35 +39,21 @@ async def _statistics(hub: Hub) -> HubStatistics:
     return hub.statistics()
 
 
+async def _connections(hub: Hub) -> list[Connection]:
+    return hub.connections()
+
+
 class _Server:
-    """uvicorn in a thread, with a readiness signal instead of polling."""
+    """tidings' server in a thread, with a readiness signal instead of polling."""
 
     def __init__(self, app: ASGIApp, hub: Hub, sock: socket.socket) -> None:
-        import uvicorn
-
         self.hub = hub
         self.sock = sock
         self.ready = threading.Event()
         self.error: BaseException | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        config = uvicorn.Config(
-            app,
-            lifespan="auto",
-            log_config=None,  # leave the test's logging alone
-            log_level="warning",
-            access_log=False,
-            ws="none",
-            timeout_graceful_shutdown=max(1, int(hub.settings.shutdown_grace) + 1),
-        )
-        ready = self.ready
-
-        class Server(uvicorn.Server):
-            async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-                await super().startup(sockets)
-                if self.started:
-                    ready.set()
-
-        self.server = Server(config)
+        self.server = Server(app, hub.settings, sockets=[sock])
+        self.started = False
         self.thread = threading.Thread(target=self._run, name="tidings-test-hub", daemon=True)
 
     def _run(self) -> None:
@@ -75,7 +63,7 @@ class _Server:
             # The hub is started before the app's lifespan (which may start it again, a
             # no-op), so it runs even in an app that forgot ``lifespan=hub.lifespan``.
             loop.run_until_complete(self.hub.start())
-            loop.run_until_complete(self.server.serve(sockets=[self.sock]))
+            loop.run_until_complete(self.server.serve(ready=self._started))
             loop.run_until_complete(self.hub.aclose())
         except BaseException as exc:  # reported to the thread that waits for the server
             self.error = exc
@@ -84,13 +72,17 @@ class _Server:
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
 
+    def _started(self) -> None:
+        self.started = True
+        self.ready.set()
+
     def start(self, timeout: float) -> None:
         self.thread.start()
         if not self.ready.wait(timeout):
             raise TimeoutError(f"the test hub did not start within {timeout:g}s")
         if self.error is not None:
             raise RuntimeError(f"the test hub did not start: {self.error!r}") from self.error
-        if not self.server.started:
+        if not self.started:
             raise RuntimeError("the test hub did not start (see the log)")
 
     def stop(self, timeout: float) -> None:
@@ -98,11 +90,11 @@ class _Server:
         if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                 loop.call_soon_threadsafe(self.hub.begin_shutdown)
-        self.server.should_exit = True
+        self.server.stop()
         self.thread.join(timeout)
         if self.thread.is_alive():
             raise TimeoutError(f"the test hub did not stop within {timeout:g}s")
-        if self.error is not None and self.server.started:
+        if self.error is not None and self.started:
             raise RuntimeError(f"the test hub failed: {self.error!r}") from self.error
 
 
@@ -332,8 +324,16 @@ class TestHub:
             receive_buffer=receive_buffer,
             timeout=timeout,
         )
-        self._streams.append(stream)
+        self.track(stream)
         return stream
+
+    def open_connections(self) -> list[Connection]:
+        """The hub's open streams, now (read on the hub's loop)."""
+        return self._call(_connections(self.hub))
+
+    def track(self, stream: Stream) -> None:
+        """Close ``stream`` when the test hub closes."""
+        self._streams.append(stream)
 
     async def astream(
         self,

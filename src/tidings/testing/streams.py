@@ -13,19 +13,15 @@ import contextlib
 import socket
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Final, TypeAlias
+from typing import Final, Protocol, TypeAlias
 
 import httpx
 
 from tidings._rawhttp import ChunkedDecoder, parse_head, stream_request
 from tidings.client.transport import error_from_response
+from tidings.engine import Connection
 from tidings.errors import StreamEnded
 from tidings.wire import EventParser, ServerSentEvent
-
-if TYPE_CHECKING:
-    from tidings.connection import Connection
-    from tidings.hub import Hub
-    from tidings.testing.server import TestHub
 
 __all__ = ["FROM_START", "AsyncStream", "Since", "Stream"]
 
@@ -33,6 +29,24 @@ __all__ = ["FROM_START", "AsyncStream", "Since", "Stream"]
 class _FromStart:
     def __repr__(self) -> str:
         return "FROM_START"
+
+
+class StreamHost(Protocol):
+    """Where a test stream connects: the server of a :class:`~tidings.testing.TestHub`."""
+
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def prefix(self) -> str: ...
+
+    def open_connections(self) -> list[Connection]:
+        """The hub's open streams, now."""
+        ...
+
+    def track(self, stream: Stream) -> None:
+        """Close ``stream`` with the host."""
+        ...
 
 
 #: ``since=FROM_START`` (the default of :meth:`TestHub.collect`): replay everything
@@ -61,7 +75,7 @@ class Stream:
 
     def __init__(
         self,
-        live: TestHub,
+        live: StreamHost,
         path: str,
         *,
         topics: tuple[str, ...] = (),
@@ -89,7 +103,7 @@ class Stream:
 
     def _open(self, timeout: float) -> socket.socket:
         live = self._live
-        before = set(live._call(_connections(live.hub)))
+        before = set(live.open_connections())
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             if self.receive_buffer is not None:
@@ -129,7 +143,7 @@ class Stream:
         except BaseException:
             sock.close()
             raise
-        new = [c for c in live._call(_connections(live.hub)) if c not in before]
+        new = [c for c in live.open_connections() if c not in before]
         self._connection = new[0] if len(new) == 1 else None
         return sock
 
@@ -261,7 +275,7 @@ class Stream:
             receive_buffer=None,
             timeout=timeout,
         )
-        self._live._streams.append(stream)
+        self._live.track(stream)
         return stream
 
     @property
@@ -380,7 +394,3 @@ def _wanted(n: int | None, until: frozenset[str] | None) -> str:
     if until is not None:
         return "an event of type " + " or ".join(sorted(until))
     return f"{n} event(s)" if n is not None else "the end"
-
-
-async def _connections(hub: Hub) -> list[Connection]:
-    return hub.connections()

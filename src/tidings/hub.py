@@ -1,0 +1,289 @@
+"""``tidings.Hub``: the facade users import, over the engine, the task service and the web.
+
+The hub owns one :class:`~tidings.engine.Engine` (publish, streams), one
+:class:`~tidings.tasks.service.TaskService` (``hub.tasks``) and the web layer's views of
+them (``hub.router``, ``hub.asgi_app()``), and starts and stops them together. Everything
+here delegates; the work is done in the layers below (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from types import FrameType
+from typing import Any
+
+from fastapi import APIRouter
+from starlette.types import ASGIApp
+
+from tidings._version import __version__
+from tidings.auth.jwt import JWTVerifier
+from tidings.auth.principal import ANONYMOUS, Principal
+from tidings.backends import open_backend
+from tidings.backends.base import Appended, Backend
+from tidings.config import Settings, load_settings
+from tidings.engine import Connection, Engine, HubStatistics
+from tidings.events import Draft
+from tidings.limits import Limits
+from tidings.tasks.service import TaskService
+from tidings.types import JSON
+from tidings.web.app import create_app
+from tidings.web.routes import DASHBOARD, build_router
+
+__all__ = ["Hub", "HubStatistics", "app_from_env", "serve_app"]
+
+
+class Hub:
+    """An SSE hub: topics, publish, resumable streams and tasks.
+
+    Embed it in an ASGI app::
+
+        hub = Hub()
+        app = FastAPI(lifespan=hub.lifespan)
+        app.include_router(hub.router)
+        ...
+        await hub.publish("chat/general", {"text": "hi"}, type="chat_message")
+
+    Args:
+        settings: a :class:`~tidings.config.Settings`; built from the environment if omitted.
+        backend: a backend URL or instance; overrides ``settings.backend``.
+        authenticate: ``authenticate(request) -> Principal | None`` for applications with
+            their own auth; it replaces the built-in JWT check.
+        handle_signals: whether :meth:`lifespan` ends streams on SIGTERM/SIGINT before the
+            server waits for open responses (see :meth:`lifespan`). ``tidings serve`` ends
+            them itself and passes ``False``.
+        **options: any other setting by name (``history_size=100``), over ``settings``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        backend: str | Backend | None = None,
+        authenticate: Callable[[Any], Any] | None = None,
+        handle_signals: bool = True,
+        **options: Any,
+    ) -> None:
+        if settings is None:
+            if isinstance(backend, str):
+                options["backend"] = backend
+            settings = load_settings(**options)
+        elif options:
+            settings = settings.model_copy(update=options)
+        self.settings = settings
+        given = backend if backend is not None and not isinstance(backend, str) else None
+        self.engine = Engine(settings, given or open_backend(settings.backend, settings))
+        self.tasks = TaskService(self.engine)
+        self.engine.task_access = self.tasks
+        self.authenticate = authenticate
+        #: Verifies bearer tokens when JWT auth is configured (and no ``authenticate``);
+        #: loaded by :meth:`start`, so a bad key stops start-up, not a request.
+        self.jwt_verifier: JWTVerifier | None = None
+        self._handle_signals = handle_signals
+        self._previous_handlers: dict[int, Any] = {}
+        self._router: APIRouter | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect the backend, open the task store and start background work. Idempotent.
+
+        Raises:
+            ConfigError: a bad JWT key or task store.
+            BackendUnavailable: the task store cannot be opened.
+        """
+        if self.engine.running:
+            return
+        if self.authenticate is None:
+            self.jwt_verifier = JWTVerifier.from_settings(self.settings)
+        await self.engine.start()
+        try:
+            await self.tasks.start()
+        except BaseException:
+            await self.engine.aclose()
+            raise
+
+    async def aclose(self) -> None:
+        """End every stream, stop background work and close the backend and the store."""
+        if not self.engine.running:
+            return
+        self.engine.begin_shutdown()
+        await self.engine.wait_streams_closed(self.settings.shutdown_grace)
+        await self.tasks.aclose()
+        await self.engine.aclose()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Any = None) -> AsyncIterator[None]:
+        """ASGI lifespan: ``FastAPI(lifespan=hub.lifespan)``.
+
+        Besides :meth:`start`/:meth:`aclose`, it chains a SIGTERM/SIGINT handler in front of
+        the server's own, so open streams are flushed and ended the moment the server is
+        asked to stop (an ASGI server waits for open responses before it runs the lifespan's
+        shutdown; without this an SSE stream would hold it until its grace timeout).
+        """
+        await self.start()
+        if self._handle_signals:
+            self._install_signal_handlers()
+        try:
+            yield
+        finally:
+            self._restore_signal_handlers()
+            await self.aclose()
+
+    def begin_shutdown(self) -> None:
+        """Refuse new streams (503) and end every open one once its queue is flushed."""
+        self.engine.begin_shutdown()
+
+    @property
+    def shutting_down(self) -> bool:
+        """Whether :meth:`begin_shutdown` was called."""
+        return self.engine.shutting_down
+
+    async def wait_streams_closed(self, timeout: float) -> bool:
+        """Wait until every stream has ended; abort the ones still stuck after ``timeout``."""
+        return await self.engine.wait_streams_closed(timeout)
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                previous = signal.getsignal(sig)
+            except (ValueError, OSError):  # pragma: no cover - not the main thread
+                continue
+
+            def handler(
+                signum: int,
+                frame: FrameType | None,
+                previous: Any = previous,
+            ) -> None:
+                loop.call_soon_threadsafe(self.begin_shutdown)
+                if callable(previous):
+                    previous(signum, frame)
+                elif previous == signal.SIG_DFL and signum == signal.SIGINT:
+                    raise KeyboardInterrupt
+
+            try:
+                signal.signal(sig, handler)
+            except (ValueError, OSError):  # pragma: no cover - not the main thread
+                continue
+            self._previous_handlers[sig] = previous
+
+    def _restore_signal_handlers(self) -> None:
+        for sig, previous in self._previous_handlers.items():
+            with contextlib.suppress(ValueError, OSError):
+                signal.signal(sig, previous)
+        self._previous_handlers.clear()
+
+    # -- publish -------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        topic: str,
+        data: JSON = None,
+        *,
+        type: str = "message",
+        priority: str = "normal",
+        users: Iterable[str] | None = None,
+        retry: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Publish ``data`` on ``topic`` and return the event id.
+
+        Raises:
+            InvalidTopic, InvalidEvent, EventTooLarge: the event is invalid (nothing sent).
+            NotAuthorized: ``topic`` is a reserved ``tasks/...`` topic; use ``hub.tasks``.
+            BackendUnavailable: the backend is down (nothing published, key not used).
+        """
+        return await self.engine.publish(
+            topic,
+            data,
+            type=type,
+            priority=priority,
+            users=users,
+            retry=retry,
+            idempotency_key=idempotency_key,
+        )
+
+    async def append(self, draft: Draft, *, idempotency_key: str | None = None) -> Appended:
+        """Publish a validated draft (any topic, ``tasks/...`` included)."""
+        return await self.engine.append(draft, idempotency_key=idempotency_key)
+
+    # -- streams -------------------------------------------------------------------------
+
+    async def open_stream(
+        self,
+        patterns: Sequence[str],
+        *,
+        principal: Principal = ANONYMOUS,
+        last_event_id: str | None = None,
+        ip: str | None = None,
+    ) -> Connection:
+        """Open a stream on ``patterns`` (see :meth:`Engine.open_stream
+        <tidings.engine.Engine.open_stream>`); its server calls ``conn.finish()`` at the end.
+        """
+        return await self.engine.open_stream(
+            patterns, principal=principal, last_event_id=last_event_id, ip=ip
+        )
+
+    def close_stream(self, conn: Connection) -> None:
+        """Unregister ``conn`` and free its slot."""
+        self.engine.close_stream(conn)
+
+    def statistics(self) -> HubStatistics:
+        """Counts for ``/stats``: connections by topic, task, user and IP; event counters."""
+        return self.engine.statistics()
+
+    def connections(self) -> list[Connection]:
+        """The open streams (a copy)."""
+        return self.engine.connections()
+
+    @property
+    def backend(self) -> Backend:
+        """The backend (ids, history, fan-out between nodes)."""
+        return self.engine.backend
+
+    @property
+    def limits(self) -> Limits:
+        """Rate limits and stream caps."""
+        return self.engine.limits
+
+    # -- embedding -----------------------------------------------------------------------
+
+    @property
+    def router(self) -> APIRouter:
+        """A FastAPI router with every tidings endpoint, for ``app.include_router``."""
+        if self._router is None:
+            self._router = build_router(self)
+        return self._router
+
+    @property
+    def dashboard_router(self) -> APIRouter:
+        """A FastAPI router of the live dashboard (``GET /`` and its files), for an embedded
+        app that wants it: ``app.include_router(hub.dashboard_router, prefix="/sse")``."""
+        return build_router(self, DASHBOARD)
+
+    def asgi_app(self) -> ASGIApp:
+        """A complete ASGI app (endpoints, dashboard, OpenAPI, CORS, and this hub's
+        lifespan) for ``app.mount`` or any ASGI server."""
+        return create_app(self, lifespan=self.lifespan, version=__version__)
+
+
+def serve_app(settings: Settings) -> ASGIApp:
+    """The app ``tidings serve`` runs: a hub on ``settings`` whose streams the server ends
+    itself on SIGTERM (a module-level function, so ``--workers`` can spawn it).
+
+    Raises:
+        ConfigError: a setting the hub refuses (a bad JWT key, say).
+    """
+    hub = Hub(settings, handle_signals=False)
+    # A bad key stops start-up here, in one line, not in the lifespan.
+    JWTVerifier.from_settings(settings)
+    return hub.asgi_app()
+
+
+def app_from_env() -> ASGIApp:
+    """A hub's ASGI app with settings from ``TIDINGS_*`` variables, for any ASGI server
+    that takes a factory (``granian --factory tidings.hub:app_from_env``)."""
+    return Hub(load_settings()).asgi_app()
