@@ -6,9 +6,10 @@ server and no task service: those sit above it.
 
 from __future__ import annotations
 
-from tidings.engine.connection import HIGH_WATER, CloseReason, Connection, Counters, Sink
+from tidings.engine.connection import Connection
 from tidings.engine.core import Engine, HubStatistics, TaskAccess
 from tidings.engine.dispatch import Dispatcher
+from tidings.engine.types import HIGH_WATER, CloseReason, Counters, Sink
 
 __all__ = [
     "HIGH_WATER",

@@ -50,71 +50,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Literal, Protocol
 
 from tidings.auth.principal import Principal
+from tidings.engine.frames import chunk, seq_of_frame
+from tidings.engine.types import HIGH_WATER, CloseReason, Scheduler, Sink
 from tidings.events import Event
 
-__all__ = [
-    "HIGH_WATER",
-    "CloseReason",
-    "Connection",
-    "Counters",
-    "Scheduler",
-    "Sink",
-    "fan_out",
-    "write_through",
-]
-
-#: Why a stream ends. ``slow`` and ``client`` end it at once; the others flush first.
-CloseReason = Literal["end", "shutdown", "max_age", "auth_expired", "slow", "client", "gone"]
-
-#: Unsent bytes a sink may hold before frames wait in the queue instead.
-HIGH_WATER = 64 * 1024
-
-
-@dataclass(slots=True)
-class Counters:
-    """The engine's event counters (plain integers: the hot path only adds to them)."""
-
-    published: int = 0
-    delivered: int = 0
-    conflated: int = 0
-    dropped: int = 0
-    slow_disconnects: int = 0
-
-
-class Scheduler(Protocol):
-    """What a connection asks of the dispatcher that delivers to it."""
-
-    counters: Counters
-
-    def mark_dirty(self, conn: Connection) -> None:
-        """Flush ``conn`` at the next tick."""
-        ...
-
-    def settle_pass(self) -> None:
-        """Queue a write-through pass's event where it has not been written yet."""
-        ...
-
-    def backlog(self, conn: Connection) -> None:
-        """Retry ``conn`` later: its sink is full."""
-        ...
-
-
-class Sink(Protocol):
-    """Where a sink-mode stream's bytes go: the socket's transport, in HTTP/1.1 chunks.
-
-    An :class:`asyncio.Transport` is one. The connection only writes; the server that
-    attached it owns it (closes it, and aborts it through :attr:`Connection.aborter`).
-    """
-
-    def write(self, data: bytes) -> None: ...
-
-    def is_closing(self) -> bool: ...
-
-    def get_write_buffer_size(self) -> int: ...
+__all__ = ["Connection", "fan_out", "write_through"]
 
 
 class Connection:
@@ -159,7 +101,7 @@ class Connection:
 
     def __init__(
         self,
-        dispatcher: Scheduler,
+        dispatcher: Scheduler[Connection],
         patterns: tuple[str, ...],
         principal: Principal,
         *,
@@ -259,7 +201,7 @@ class Connection:
         if self.close_reason is not None:
             return
         if self._transport is not None:
-            frame = _chunk(frame)
+            frame = chunk(frame)
         self._queue.append(frame)
         self._bytes += len(frame)
         self._wake()
@@ -273,7 +215,7 @@ class Connection:
         """
         self.min_seq = max(self.min_seq, min_seq, events[-1].seq if events else 0)
         chunked = self._transport is not None
-        frames = [_chunk(head) if chunked else head] if head else []
+        frames = [chunk(head) if chunked else head] if head else []
         count = 0
         for event in events:
             if self.principal.may_receive(event.users):
@@ -286,11 +228,11 @@ class Connection:
         # What was queued before the first event (the opening bytes) stays in front.
         queued = self._queue
         first = 0
-        while first < len(queued) and not _seq_of_frame(queued[first]):
+        while first < len(queued) and not seq_of_frame(queued[first]):
             first += 1
         lead, live = queued[:first], queued[first:]
         if self.min_seq and live:
-            live = [f for f in live if (seq := _seq_of_frame(f)) == 0 or seq > self.min_seq]
+            live = [f for f in live if (seq := seq_of_frame(f)) == 0 or seq > self.min_seq]
         self._queue = lead + frames + live
         self._conflate.clear()
         # Replayed frames do not count against the bound: they are bounded by the history
@@ -311,7 +253,7 @@ class Connection:
             return  # ending: its writer sends what is left
         queue = self._queue
         first = 0
-        while first < len(queue) and not _seq_of_frame(queue[first]):
+        while first < len(queue) and not seq_of_frame(queue[first]):
             first += 1
         ahead = [frame for frame in queue[:first] if frame]
         del queue[:first]
@@ -326,7 +268,7 @@ class Connection:
                 waiter.set_result(None)
             return
         if comment:
-            ahead.append(_chunk(comment))
+            ahead.append(chunk(comment))
         if ahead and not transport.is_closing():
             transport.write(b"".join(ahead))
             self.last_write = time.monotonic()
@@ -340,14 +282,14 @@ class Connection:
         before the replay).
         """
         if through is None:
-            kept = [frame for frame in self._queue if frame and not _seq_of_frame(frame)]
+            kept = [frame for frame in self._queue if frame and not seq_of_frame(frame)]
         else:
             kept = [
-                frame for frame in self._queue if frame and not 0 < _seq_of_frame(frame) <= through
+                frame for frame in self._queue if frame and not 0 < seq_of_frame(frame) <= through
             ]
         self._queue = kept
         self._conflate.clear()
-        self._count = sum(1 for frame in kept if _seq_of_frame(frame))
+        self._count = sum(1 for frame in kept if seq_of_frame(frame))
         self._bytes = sum(len(frame) for frame in kept)
         if not self._count:
             self.last_id = None
@@ -423,10 +365,10 @@ class Connection:
         self._transport = transport
         self._on_end = on_end
         # From now on the queue holds HTTP chunks (see Event.chunk).
-        self._queue = [_chunk(frame) for frame in self._queue if frame]
+        self._queue = [chunk(frame) for frame in self._queue if frame]
         early = b""
         if self._early:
-            early = b"".join(_chunk(frame) for frame in self._early)
+            early = b"".join(chunk(frame) for frame in self._early)
             self._early = ()
         if self.holding:
             # Nothing may be sent before the replay (the backend is down): the head now,
@@ -623,21 +565,3 @@ def write_through(event: Event, conns: Iterable[Connection], now: float) -> int:
                 continue
         conn.push(event)
     return written
-
-
-def _chunk(frame: bytes) -> bytes:
-    """``frame`` as one HTTP/1.1 chunk."""
-    return b"%x\r\n%b\r\n" % (len(frame), frame)
-
-
-def _seq_of_frame(frame: bytes) -> int:
-    """The seq of an event frame (``id: <epoch>-<seq>\\n...``, possibly as an HTTP chunk);
-    0 for anything else (comments, the opening bytes, a gap)."""
-    start = 0
-    if not frame.startswith(b"id: "):
-        start = frame.find(b"\r\n") + 2
-        if start == 1 or not frame.startswith(b"id: ", start):
-            return 0
-    line = frame[start + 4 : frame.index(b"\n", start)]
-    _, _, seq = line.rpartition(b"-")
-    return int(seq) if seq.isdigit() else 0

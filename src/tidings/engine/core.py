@@ -23,9 +23,7 @@ import functools
 import logging
 import random
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import orjson
@@ -35,6 +33,7 @@ from tidings.backends.base import Appended, Backend, Replay
 from tidings.config import Settings
 from tidings.engine.connection import Connection
 from tidings.engine.dispatch import Dispatcher
+from tidings.engine.stats import HubStatistics, statistics
 from tidings.errors import BackendUnavailable, InvalidTopic, NotAuthorized, ShuttingDown
 from tidings.events import MAX_ID_BYTES, Draft, EventId, make_draft
 from tidings.limits import Limits
@@ -60,24 +59,6 @@ class TaskAccess(Protocol):
             BackendUnavailable: the task store cannot be read now.
         """
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class HubStatistics:
-    """A snapshot of the hub for ``/stats`` and ``/metrics``."""
-
-    connections: int
-    by_topic: dict[str, int]
-    by_task: dict[str, int]
-    by_user: dict[str, int]
-    published: int
-    delivered: int
-    conflated: int
-    dropped: int
-    slow_disconnects: int
-    uptime_seconds: float
-    queued_events: int = 0
-    by_ip: dict[str, int] = field(default_factory=dict)
 
 
 class Engine:
@@ -485,35 +466,7 @@ class Engine:
 
     def statistics(self) -> HubStatistics:
         """Counts for ``/stats``: connections by topic, task, user and IP; event counters."""
-        by_topic: Counter[str] = Counter()
-        by_task: Counter[str] = Counter()
-        by_user: Counter[str] = Counter()
-        by_ip: Counter[str] = Counter()
-        queued = 0
-        live = self.dispatcher.live
-        for conn in live:
-            by_topic.update(conn.patterns)
-            if conn.task_id is not None:
-                by_task[conn.task_id] += 1
-            by_user[conn.user if conn.user is not None else "anonymous"] += 1
-            if conn.ip is not None:
-                by_ip[conn.ip] += 1
-            queued += conn.queued
-        stats = self.dispatcher.counters
-        return HubStatistics(
-            connections=len(live),
-            by_topic=dict(by_topic),
-            by_task=dict(by_task),
-            by_user=dict(by_user),
-            by_ip=dict(by_ip),
-            published=stats.published,
-            delivered=stats.delivered,
-            conflated=stats.conflated,
-            dropped=stats.dropped,
-            slow_disconnects=stats.slow_disconnects,
-            uptime_seconds=time.monotonic() - self._started_at,
-            queued_events=queued,
-        )
+        return statistics(self.dispatcher.live, self.dispatcher.counters, self._started_at)
 
     def connections(self) -> list[Connection]:
         """The open streams (a copy)."""

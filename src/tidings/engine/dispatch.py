@@ -26,7 +26,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from tidings.engine.connection import Connection, Counters, fan_out, write_through
+from tidings.engine.connection import Connection, fan_out, write_through
+from tidings.engine.types import Counters
 from tidings.events import Event
 from tidings.topics import TopicIndex
 

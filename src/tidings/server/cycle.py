@@ -20,7 +20,8 @@ from typing import Any, Protocol
 import orjson
 
 from tidings.engine import Connection
-from tidings.server.heads import CHUNKED_END, chunk, response_head
+from tidings.engine.frames import chunk
+from tidings.server.heads import CHUNKED_END, response_head
 from tidings.web.streaming import ATTACH
 
 __all__ = ["RequestCycle"]
@@ -55,8 +56,8 @@ class RequestCycle:
     """A request's ASGI ``receive`` and ``send``, and the state of its response."""
 
     __slots__ = (
-        "_chunked",
         "_body_given",
+        "_chunked",
         "_continue",
         "_event",
         "_head_only",
@@ -242,7 +243,9 @@ class RequestCycle:
             head = response_head(status, headers, chunked=True, close=not self.keep_alive)
         if self._head_only or no_body:
             return head
-        return head + (chunk(body) if self._chunked else body)
+        if self._chunked:
+            return head + chunk(body) if body else head
+        return head + body
 
     def _body(self, body: bytes) -> bytes:
         if self._head_only or not body:

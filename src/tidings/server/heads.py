@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from email.utils import formatdate
 from http import HTTPStatus
 
-__all__ = ["CHUNKED_END", "chunk", "response_head"]
+__all__ = ["CHUNKED_END", "response_head"]
 
 #: The last chunk of a chunked body, with no trailers.
 CHUNKED_END = b"0\r\n\r\n"
@@ -67,10 +67,3 @@ def response_head(
         parts.append(b"connection: close\r\n")
     parts.append(b"\r\n")
     return b"".join(parts)
-
-
-def chunk(data: bytes) -> bytes:
-    """``data`` as one HTTP/1.1 chunk (nothing for no data: an empty chunk ends the body)."""
-    if not data:
-        return b""
-    return b"%x\r\n%b\r\n" % (len(data), data)

@@ -49,27 +49,26 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Callable, Coroutine, Mapping
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Final
 
 from tidings.auth.principal import Principal
-from tidings.backends.base import Replay
+from tidings.config import Settings
 from tidings.engine import Connection, Engine
 from tidings.errors import (
     BackendUnavailable,
     ConfigError,
     InvalidEvent,
-    InvalidTopic,
     ShuttingDown,
     TaskNotFound,
 )
-from tidings.events import MAX_ID_BYTES, Draft, Event, EventId, dumps_json, make_draft
+from tidings.events import Draft, dumps_json
+from tidings.tasks.locks import TaskLocks
 from tidings.tasks.memory import MemoryTaskStore
 from tidings.tasks.model import (
-    STREAM_END_TYPES,
     TASK_STATUSES,
     Number,
     Task,
@@ -84,18 +83,13 @@ from tidings.tasks.model import (
     new_task,
     progress_event,
     record_event_id,
-    snapshot_events,
     terminal_event,
-    validate_task_id,
 )
+from tidings.tasks.rules import check_lookup_id, event_draft, may_change, may_read
 from tidings.tasks.sqlite import SQLiteTaskStore
 from tidings.tasks.store import Mutation, PublishingTaskStore, TaskStore
-from tidings.topics import task_topic
-from tidings.types import JSON, Priority
-from tidings.wire import encode_event
-
-if TYPE_CHECKING:
-    from tidings.config import Settings
+from tidings.tasks.streams import TaskStreams
+from tidings.types import JSON
 
 __all__ = [
     "MAX_LIST_LIMIT",
@@ -112,14 +106,6 @@ logger = logging.getLogger("tidings.tasks")
 MAX_LIST_LIMIT: Final = 1000
 #: Seconds between maintenance steps (re-publishing refused events); purges run less often.
 _MAINTENANCE_INTERVAL: Final = 1.0
-_PRIORITY: Final[dict[str, Priority]] = {
-    "task_progress": "normal",
-    "file_update": "normal",
-    "task_completed": "high",
-    "task_failed": "high",
-    "task_cancelled": "high",
-    "task_deleted": "high",
-}
 
 
 def open_store(settings: Settings) -> TaskStore:
@@ -150,74 +136,6 @@ def open_store(settings: Settings) -> TaskStore:
     )
 
 
-def event_draft(task: Task, item: TaskEvent, *, max_bytes: int | None = None) -> Draft:
-    """The draft of ``item`` on ``tasks/<task_id>``, as the task service publishes it
-    (terminal and ``task_deleted`` events are ``high`` priority: never conflated or
-    dropped). Workers that publish straight into Redis use it too.
-
-    Raises:
-        EventTooLarge: the payload is over ``max_bytes``.
-        InvalidEvent: the payload is not JSON.
-    """
-    return make_draft(
-        task_topic(task.task_id),
-        item.data,
-        type=item.type,
-        priority=_PRIORITY.get(item.type, "normal"),
-        max_bytes=max_bytes,
-        # The values a client gave (metadata, result, details) were checked by the model;
-        # the payload nests them one level down.
-        limit_depth=False,
-    )
-
-
-def may_change(principal: Principal | None, task: Task) -> bool:
-    """Whether ``principal`` may change ``task`` (``None``: application code, always).
-
-    The owner, an admin, anyone when auth is off, and a principal allowed to publish on
-    ``tasks/<id>`` (a worker's token).
-    """
-    if principal is None or principal.unrestricted or principal.admin:
-        return True
-    if task.owner is not None and task.owner == principal.user:
-        return True
-    return principal.may_publish(task_topic(task.task_id))
-
-
-def may_read(principal: Principal | None, task: Task) -> bool:
-    """Whether ``principal`` may read ``task`` and its stream: whoever may change it, and a
-    principal allowed to subscribe to ``tasks/<id>`` (a watcher's token)."""
-    if principal is None or may_change(principal, task):
-        return True
-    return principal.may_subscribe(task_topic(task.task_id))
-
-
-class _TaskLocks:
-    """One ``asyncio.Lock`` per task id, created on demand and dropped when nobody holds or
-    waits for it, so the map never grows with the number of tasks ever seen."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, task_id: str) -> AsyncIterator[None]:
-        entry = self._locks.get(task_id)
-        if entry is None:
-            entry = self._locks[task_id] = (asyncio.Lock(), [0])
-        lock, users = entry
-        users[0] += 1
-        try:
-            async with lock:
-                yield
-        finally:
-            users[0] -= 1
-            if users[0] == 0:
-                del self._locks[task_id]
-
-    def __len__(self) -> int:
-        return len(self._locks)
-
-
 class TaskService:
     """Tasks of one hub: their lifecycle, events and streams (``hub.tasks``).
 
@@ -243,7 +161,8 @@ class TaskService:
         self._store: TaskStore | None = None
         # The store, when it appends events itself (Redis): see PublishingTaskStore.
         self._publishing: PublishingTaskStore | None = None
-        self._locks = _TaskLocks()
+        self._locks = TaskLocks()
+        self._streams = TaskStreams(engine, self)
         self._maintainer: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
         self._unpublished: set[str] = set()
@@ -303,8 +222,8 @@ class TaskService:
         Raises:
             TaskNotFound: no such task, or ``principal`` may not see it.
         """
-        _check_lookup_id(task_id)
-        task = self._current(await self.store.get(task_id))
+        check_lookup_id(task_id)
+        task = self.current(await self.store.get(task_id))
         if not may_read(principal, task):
             raise TaskNotFound(f"no task {task_id}")
         return task
@@ -341,7 +260,7 @@ class TaskService:
             return []
         else:
             tasks = await store.list(owner=principal.user, status=status, limit=limit)
-        return [self._current(task) for task in tasks]
+        return [self.current(task) for task in tasks]
 
     async def count_active(self) -> int:
         """How many tasks are pending or running (0 before :meth:`start`).
@@ -382,19 +301,19 @@ class TaskService:
             task_id, owner=owner, title=title, total=total, metadata=metadata, now=time.time()
         )
         self._check_json(dict(task.metadata), "metadata")
-        self._draft(task, progress_event(task))
+        self.draft(task, progress_event(task))
         store, publishing = self.store, self._publishing
 
         async def apply() -> Task:
             async with self._locks.hold(task.task_id):
                 if publishing is not None:
                     inserted = await publishing.insert_and_append(
-                        task, lambda t: self._draft(t, progress_event(t))
+                        task, lambda t: self.draft(t, progress_event(t))
                     )
                     self._engine.note_published()
                     return inserted
                 created = await store.insert(task)
-                return await self._publish(created, self._draft(created, progress_event(created)))
+                return await self._publish(created, self.draft(created, progress_event(created)))
 
         return await self._shielded(apply())
 
@@ -534,7 +453,7 @@ class TaskService:
 
         async def apply() -> Task:
             async with self._locks.hold(task_id):
-                gone = self._current(await store.delete(task.task_id))
+                gone = self.current(await store.delete(task.task_id))
                 self._latest_ids.pop(task.task_id, None)
                 await self._announce_deleted(gone, reason)
                 return gone
@@ -549,7 +468,7 @@ class TaskService:
         """
         now = time.time() if now is None else now
         before = now - self._engine.settings.task_retention
-        gone = [self._current(task) for task in await self.store.purge(before)]
+        gone = [self.current(task) for task in await self.store.purge(before)]
         for task in gone:
             self._latest_ids.pop(task.task_id, None)
             async with self._locks.hold(task.task_id):
@@ -568,172 +487,39 @@ class TaskService:
         last_event_id: str | None = None,
         ip: str | None = None,
     ) -> Connection | None:
-        """Open the SSE stream of a task (``GET /tasks/{id}/stream``).
-
-        The first event is the task's state: ``task_progress`` (then one ``file_update``
-        per file) carrying the task's current ``sequence`` and its latest event id, or the
-        terminal event if the task is finished (the stream then ends). With
-        ``last_event_id`` the missed events are replayed once instead; if history no longer
-        holds them, the state is sent. Live events follow, de-duplicated against the
-        snapshot; the stream ends after the terminal event (or ``task_deleted``).
-
-        While the store cannot be read (Redis down) the stream is accepted all the same
-        (SPEC §3: a 5xx would stop a browser's EventSource for good) and held: it sends
-        keep-alive comments only, and starts as above once the store answers. If the task
-        then turns out not to exist or not to be visible to ``principal`` (or
-        ``last_event_id`` is its terminal event's id), nothing about the task was sent: the
-        stream ends cleanly, and the client's reconnect gets the 404 (or 204).
-
-        Returns:
-            The connection, or ``None`` when ``last_event_id`` is the id of the task's
-            terminal event: the client has everything (answer ``204``).
+        """Open the SSE stream of a task (see :meth:`TaskStreams.open_stream
+        <tidings.tasks.streams.TaskStreams.open_stream>`); ``None`` means answer ``204``.
 
         Raises:
             TaskNotFound: no such task, or ``principal`` may not see it (404).
             InvalidTopic: ``last_event_id`` is over 256 bytes (400).
             ShuttingDown: the hub is stopping (503).
         """
-        _check_lookup_id(task_id)
-        if last_event_id is not None and len(last_event_id.encode()) > MAX_ID_BYTES:
-            raise InvalidTopic(
-                f"Last-Event-ID is over {MAX_ID_BYTES} bytes", code="invalid_last_event_id"
-            )
-        try:
-            task: Task | None = self._current(await self.store.get(task_id))
-        except BackendUnavailable:
-            task = None  # decided once the store answers (see _open)
-        if task is not None:
-            if not may_read(principal, task):
-                raise TaskNotFound(f"no task {task_id}")
-            if _ended_at(task, last_event_id):
-                return None
-        return await self._engine.open_stream(
-            [task_topic(task_id)],
-            principal=principal,
-            end_types=STREAM_END_TYPES,
-            task_id=task_id,
-            ip=ip,
-            opening=functools.partial(self._open, task_id, principal, last_event_id),
+        return await self._streams.open_stream(
+            task_id, principal=principal, last_event_id=last_event_id, ip=ip
         )
 
     async def may_watch(self, task_id: str, principal: Principal) -> bool:
-        """Whether the task ``task_id`` exists and ``principal`` may read it (:func:`may_read`:
-        its owner, an admin, a worker allowed to publish on it).
-
-        A user may always subscribe to its own tasks' topics (SPEC §5), and whoever may
-        read a task's stream may follow its topic on ``GET /events`` too; the hub asks this
-        for a ``tasks/<id>`` topic that no subscribe grant allows.
+        """Whether the task ``task_id`` exists and ``principal`` may read it (the engine
+        asks, for a ``tasks/<id>`` topic no grant allows).
 
         Raises:
             BackendUnavailable: the store cannot be read.
         """
-        try:
-            task = await self.store.get(validate_task_id(task_id))
-        except (InvalidEvent, TaskNotFound):
-            return False
-        return may_read(principal, task)
+        return await self._streams.may_watch(task_id, principal)
 
-    async def _open(
-        self,
-        task_id: str,
-        principal: Principal,
-        last_event_id: str | None,
-        conn: Connection,
-    ) -> None:
-        """Queue a task stream's first events (the stream's ``opening``, see
-        :meth:`Engine.open_stream <tidings.engine.Engine.open_stream>`).
+    def hold(self, task_id: str) -> AbstractAsyncContextManager[None]:
+        """The lock of task ``task_id``: its changes and its streams' first reads take it."""
+        return self._locks.hold(task_id)
 
-        The hub calls this once the stream is registered, and again from its ticker while
-        it raises :class:`BackendUnavailable` (the store does not answer). It runs under
-        the task's lock, so nothing of this task is published between the read and live
-        delivery. Events the stream queued before (live, while it waited) were published
-        before the read, so what is read covers them: they are dropped, and each event
-        reaches the client once, in order.
-        """
-        async with self._locks.hold(task_id):
-            conn.drop_events()
-            try:
-                task: Task | None = self._current(await self.store.get(task_id))
-            except TaskNotFound:
-                task = None
-            if task is None or not may_read(principal, task) or _ended_at(task, last_event_id):
-                # Only possible when the stream was accepted before the store could say (or
-                # the task was deleted meanwhile): nothing about the task was sent, so end
-                # the stream; the reconnect gets the 404 (or the 204) it would have got.
-                conn.close("end")
-                return
-            await self._fill(conn, task, last_event_id)
+    def current(self, task: Task) -> Task:
+        """``task`` (read from the store) with its latest event id."""
+        latest = self._latest_ids.get(task.task_id)
+        return task if latest is None else record_event_id(task, latest)
 
-    async def _fill(self, conn: Connection, task: Task, last_event_id: str | None) -> None:
-        """Queue a new stream's first events: the replay after ``last_event_id``, or state."""
-        if last_event_id:
-            replay: Replay | None
-            try:
-                replay = await self._engine.backend.replay(
-                    [task_topic(task.task_id)], last_event_id
-                )
-            except BackendUnavailable:
-                replay = None  # state, never silence
-            if replay is not None and replay.gap is None:
-                # In front of the live events queued while history was read, without those
-                # it covers: nothing up to the client's id or the last replayed one again,
-                # even if the node's reader delivers it late (it lags after a Redis outage).
-                resumed = EventId.parse(last_event_id)
-                conn.put_front(list(replay.events), min_seq=resumed.seq if resumed else 0)
-                if task.terminal and conn.close_reason is None:
-                    # The client is past the terminal event's recorded id (another node's
-                    # record lagged): end the stream with the state rather than hang.
-                    await self._push_state(conn, task, first=False)
-                return
-        await self._push_state(conn, task)
-
-    async def _push_state(self, conn: Connection, task: Task, *, first: bool = True) -> None:
-        """Queue ``task``'s state (:func:`snapshot_events`), de-duplicated against live events.
-
-        As the stream's ``first`` events, the live events queued while the state was read
-        that it covers (up to the task's latest event) are dropped, and the state goes in
-        front of newer ones, so each reaches the client once, in order; otherwise it is
-        queued after them.
-
-        The events carry the task's latest event id. If that id is from an earlier history
-        (a restarted memory backend: the store kept the task, the backend did not keep its
-        ids), an unfinished task's state carries the hub's newest id instead: it marks the
-        same point (everything of this task up to now is in the state), and a resume from
-        it replays exactly what follows. A finished task keeps its terminal event's id, so
-        a reconnect with it still gets 204.
-        """
-        ident = EventId.parse(task.last_event_id) if task.last_event_id else None
-        try:
-            latest = EventId.parse(await self._engine.backend.latest_id())
-        except BackendUnavailable:
-            latest = None
-        current = latest is None or (ident is not None and ident.epoch == latest.epoch)
-        if not current and not task.terminal:
-            ident, current = latest, True
-        if ident is not None and ident.seq > 0 and first and current:
-            conn.drop_events(through=ident.seq)
-            if conn.queued:  # newer events came meanwhile (from another node): after it
-                items = snapshot_events(task)
-                conn.put_front([Event.from_draft(self._draft(task, i), ident) for i in items])
-                return
-        for item in snapshot_events(task):
-            draft = self._draft(task, item)
-            if ident is not None and ident.seq > 0:
-                conn.push(Event.from_draft(draft, ident))
-                continue
-            if ident is not None:
-                # ``<epoch>-0`` (a hub with no event yet) is a valid resume point, but
-                # ``push`` treats seq 0 as already delivered: queue the frame as is.
-                frame = Event.from_draft(draft, ident).frame
-            else:
-                # No id to give (nothing of this task was published and the backend is
-                # down): send the state without one, so the resume position does not move.
-                frame = encode_event(draft.payload.decode(), event=item.type)
-            conn.push_raw(frame)
-            if item.type in conn.end_types:
-                conn.close("end")
-        if ident is not None and current:
-            conn.min_seq = max(conn.min_seq, ident.seq)
+    def draft(self, task: Task, item: TaskEvent) -> Draft:
+        """The draft of one of ``task``'s events, as this service publishes it."""
+        return event_draft(task, item, max_bytes=self._engine.settings.max_event_bytes)
 
     # -- internals -----------------------------------------------------------------------
 
@@ -744,7 +530,7 @@ class TaskService:
         transition: Mutation,
         event: Callable[[Task], TaskEvent],
     ) -> Task:
-        _check_lookup_id(task_id)
+        check_lookup_id(task_id)
         store, publishing = self.store, self._publishing
 
         drafted: list[tuple[Task, Draft]] = []
@@ -753,9 +539,9 @@ class TaskService:
             if not may_change(principal, task):
                 raise TaskNotFound(f"no task {task_id}")
             # The previous event's id goes into the store with this change.
-            new = transition(self._current(task))
+            new = transition(self.current(task))
             # Too large or not JSON: refused before anything is written.
-            drafted.append((new, self._draft(new, event(new))))
+            drafted.append((new, self.draft(new, event(new))))
             return new
 
         async def apply() -> Task:
@@ -764,7 +550,7 @@ class TaskService:
                     # One atomic step: the event of sequence N+1 lands right after N's, on
                     # the wire, whichever node made either.
                     updated = await publishing.update_and_append(
-                        task_id, mutate, lambda t: self._draft(t, event(t))
+                        task_id, mutate, lambda t: self.draft(t, event(t))
                     )
                     self._engine.note_published()
                     return updated
@@ -772,7 +558,7 @@ class TaskService:
                 # The draft made in ``mutate`` is the event of the task it returned.
                 if drafted and drafted[-1][0] is task:
                     return await self._publish(task, drafted[-1][1])
-                return await self._publish(task, self._draft(task, event(task)))
+                return await self._publish(task, self.draft(task, event(task)))
 
         return await self._shielded(apply())
 
@@ -821,11 +607,6 @@ class TaskService:
             logger.warning("task %s: could not record event id %s", task.task_id, event_id)
             return record_event_id(task, event_id)
 
-    def _current(self, task: Task) -> Task:
-        """``task`` (read from the store) with its latest event id."""
-        latest = self._latest_ids.get(task.task_id)
-        return task if latest is None else record_event_id(task, latest)
-
     async def _write_latest_ids(self) -> None:
         """Write the ids still kept (the service is closing)."""
         latest, self._latest_ids = self._latest_ids, {}
@@ -836,12 +617,9 @@ class TaskService:
     async def _announce_deleted(self, task: Task, reason: str) -> None:
         self._unpublished.discard(task.task_id)
         try:
-            await self._engine.append(self._draft(task, deleted_event(task, reason)))
+            await self._engine.append(self.draft(task, deleted_event(task, reason)))
         except (BackendUnavailable, ShuttingDown) as exc:
             logger.warning("task %s: task_deleted not published (%s)", task.task_id, exc.message)
-
-    def _draft(self, task: Task, item: TaskEvent) -> Draft:
-        return event_draft(task, item, max_bytes=self._engine.settings.max_event_bytes)
 
     def _check_json(self, value: JSON, name: str) -> None:
         size = len(dumps_json(value, name))
@@ -857,13 +635,13 @@ class TaskService:
                 if task_id not in self._unpublished:
                     continue
                 try:
-                    task = self._current(await store.get(task_id))
+                    task = self.current(await store.get(task_id))
                 except TaskNotFound:
                     self._unpublished.discard(task_id)
                     continue
                 item = terminal_event(task) if task.terminal else progress_event(task)
                 try:
-                    appended = await self._engine.append(self._draft(task, item))
+                    appended = await self._engine.append(self.draft(task, item))
                 except (BackendUnavailable, ShuttingDown):
                     return  # still down; next round
                 self._unpublished.discard(task_id)
@@ -908,16 +686,3 @@ class TaskService:
                         time.monotonic() - down_since,
                     )
                     down_since = None
-
-
-def _ended_at(task: Task, last_event_id: str | None) -> bool:
-    """Whether ``last_event_id`` is the id of ``task``'s terminal event (answer 204)."""
-    return bool(last_event_id) and task.terminal and last_event_id == task.last_event_id
-
-
-def _check_lookup_id(task_id: str) -> None:
-    """A task id that cannot exist is simply not found (no need to tell why)."""
-    try:
-        validate_task_id(task_id)
-    except InvalidEvent:
-        raise TaskNotFound("no such task") from None
