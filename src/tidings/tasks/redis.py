@@ -62,18 +62,18 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, TypeVar
 import orjson
 import redis
 import redis.asyncio
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError, ResponseError
-from redis.asyncio.retry import Retry
 
 from tidings.backends.base import Appended
 from tidings.backends.redis import (
-    _CLIENT_OPTIONS,
     APPEND_SCRIPT,
     RedisKeys,
     append_arguments,
     parse_appended,
 )
+from tidings.backends.redis.client import CLIENT_OPTIONS
 from tidings.errors import (
     BackendUnavailable,
     ConfigError,
@@ -262,7 +262,7 @@ def client_options() -> dict[str, Any]:
         # A script retried after Redis ran it would apply a change (and its event) twice.
         "retry": Retry(NoBackoff(), 0),
         "decode_responses": False,
-        **_CLIENT_OPTIONS,
+        **CLIENT_OPTIONS,
     }
 
 
