@@ -14,9 +14,9 @@ from tidings.auth.principal import Principal
 from tidings.backends.base import Replay
 from tidings.backends.memory import MemoryBackend
 from tidings.engine import HIGH_WATER, Connection
+from tidings.engine.dispatch import BACKLOG_RETRY, FLUSH_BATCH
 from tidings.errors import BackendUnavailable, InvalidTopic, NotAuthorized, ShuttingDown
 from tidings.events import Event, EventId, make_draft
-from tidings.engine.dispatch import BACKLOG_RETRY, FLUSH_BATCH
 from tidings.hub import Hub
 from tidings.wire import EventParser, ServerSentEvent
 

@@ -6,11 +6,8 @@ deliveries per second, publish-to-receive latency (p50, p95, p99, max) and how l
 streams took to open. Without ``--url`` it starts its own ``tidings serve`` on a free
 loopback port (memory backend, memory store, limits off) and stops it afterwards.
 
-Decisions that may surprise:
+Decisions that may surprise (the streams are explained in :mod:`tidings._bench_streams`):
 
-- Streams are raw asyncio connections with a minimal chunked-body reader, not an HTTP
-  client: the bench shares the machine (and often the core) with the hub, and a client that
-  costs more than the server measures itself.
 - Latency is measured inside this process (the publisher and the streams share one
   clock), so it includes this process's own loop delays. It is a check, not a benchmark:
   the side-by-side comparison with other servers is ``make bench`` (``benchmarks/``,
@@ -25,22 +22,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import resource
 import secrets
-import signal
-import ssl
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from dataclasses import asdict, dataclass, field
-from typing import Any, cast
-from urllib.parse import urlsplit
+from typing import Any
 
-from tidings._rawhttp import ChunkedDecoder, parse_head, stream_request
-from tidings.config import check_hub_url
+from tidings._bench_hub import own_hub
+from tidings._bench_streams import Refused, Stream, Totals, hub_target, open_stream
+from tidings._rawhttp import stream_request
 from tidings.errors import ConfigError, TidingsError
 
 __all__ = ["BenchResult", "add_bench_arguments", "bench", "run_bench"]
@@ -127,162 +118,6 @@ def _percentiles(values: list[float], points: tuple[int, ...]) -> dict[str, floa
     return found
 
 
-class _Refused(Exception):
-    def __init__(self, status: int, retry_after: float) -> None:
-        super().__init__(status)
-        self.status = status
-        self.retry_after = retry_after
-
-
-class _Totals:
-    """What every stream of the run adds to."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.delivered = 0
-        self.expected: int | None = None
-        self.latencies_ns: list[int] = []
-        self.last_delivery = 0.0
-        self.all_delivered = asyncio.Event()
-        self.loop = loop
-
-    def add(self, latency_ns: int) -> None:
-        self.delivered += 1
-        self.latencies_ns.append(latency_ns)
-        self.last_delivery = time.perf_counter()
-        if self.expected is not None and self.delivered >= self.expected:
-            self.all_delivered.set()
-
-
-class _Stream(asyncio.Protocol):
-    """One subscriber: reads the response head, then the chunked body, event by event."""
-
-    def __init__(self, totals: _Totals) -> None:
-        self.totals = totals
-        self.transport: asyncio.Transport | None = None
-        self.opened: asyncio.Future[None] = totals.loop.create_future()
-        self.head = bytearray()
-        self.in_body = False
-        self.chunks: ChunkedDecoder | None = ChunkedDecoder()
-        self.text = bytearray()  # body bytes not yet split into events
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        self.transport = cast(asyncio.Transport, transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.opened.done():
-            self.opened.set_exception(ConnectionError("the hub closed the stream"))
-
-    def data_received(self, data: bytes) -> None:
-        if not self.in_body:
-            self.head += data
-            end = self.head.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head, data = bytes(self.head[:end]), bytes(self.head[end + 4 :])
-            self.head.clear()
-            self.in_body = True
-            if not self._check_head(head) or not data:
-                return
-        if not self.opened.done():
-            self.opened.set_result(None)
-        self.text += self.chunks.feed(data) if self.chunks is not None else data
-        self._events()
-
-    def _check_head(self, head: bytes) -> bool:
-        status, headers = parse_head(head)
-        if status != 200:
-            retry = headers.get("retry-after", "1")
-            error = _Refused(status, float(retry) if retry.isdigit() else 1.0)
-            if not self.opened.done():
-                self.opened.set_exception(error)
-            if self.transport is not None:
-                self.transport.close()
-            return False
-        if "chunked" not in headers.get("transfer-encoding", "").lower():
-            self.chunks = None
-        return True
-
-    def _events(self) -> None:
-        text = self.text
-        start = 0
-        now = time.perf_counter_ns()
-        while True:
-            end = text.find(b"\n\n", start)
-            if end < 0:
-                break
-            block = bytes(text[start:end])
-            start = end + 2
-            at = block.find(b'data: {"t":')
-            if at < 0:
-                continue  # the opening, a keep-alive, or another event
-            digits = block[at + 11 : block.find(b",", at)]
-            if digits.isdigit():
-                self.totals.add(now - int(digits))
-        del text[:start]
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
-
-
-@dataclass(frozen=True, slots=True)
-class _Target:
-    host: str
-    port: int
-    prefix: str
-    tls: bool
-    url: str
-
-
-def _target(url: str) -> _Target:
-    parts = urlsplit(check_hub_url(url))
-    tls = parts.scheme == "https"
-    return _Target(
-        host=parts.hostname or "",  # check_hub_url refuses a URL without a host
-        port=parts.port or (443 if tls else 80),
-        prefix=parts.path.rstrip("/"),
-        tls=tls,
-        url=url.rstrip("/"),
-    )
-
-
-async def _open_stream(
-    target: _Target, request: bytes, totals: _Totals, deadline: float
-) -> tuple[_Stream, float, int]:
-    """A stream that received its opening bytes, the seconds that took, and the 429s."""
-    loop = asyncio.get_running_loop()
-    refused = 0
-    context = ssl.create_default_context() if target.tls else None
-    while True:
-        started = time.perf_counter()
-        stream = _Stream(totals)
-        await asyncio.wait_for(
-            loop.create_connection(
-                lambda stream=stream: stream,
-                target.host,
-                target.port,
-                ssl=context,
-            ),
-            max(0.1, deadline - time.monotonic()),
-        )
-        assert stream.transport is not None
-        stream.transport.write(request)
-        try:
-            await asyncio.wait_for(stream.opened, max(0.1, deadline - time.monotonic()))
-        except _Refused as exc:
-            stream.close()
-            if exc.status != 429 or time.monotonic() + exc.retry_after > deadline:
-                raise
-            refused += 1
-            await asyncio.sleep(exc.retry_after)  # the hub's connection-rate limit
-            continue
-        except BaseException:
-            stream.close()
-            raise
-        return stream, time.perf_counter() - started, refused
-
-
 async def bench(
     url: str,
     *,
@@ -303,20 +138,20 @@ async def bench(
     """
     import httpx
 
-    target = _target(url)
+    target = hub_target(url)
     topic = topic or f"bench/{secrets.token_hex(4)}"
     deadline = time.monotonic() + timeout
     loop = asyncio.get_running_loop()
-    totals = _Totals(loop)
+    totals = Totals(loop)
     host = target.host if target.port in (80, 443) else f"{target.host}:{target.port}"
     request = stream_request(target.prefix + "/events", host=host, topics=(topic,), token=token)
     errors: list[str] = []
-    streams: list[_Stream] = []
+    streams: list[Stream] = []
     gate = asyncio.Semaphore(64)  # connects in flight: below any listen backlog
 
-    async def open_one() -> tuple[_Stream, float, int]:
+    async def open_one() -> tuple[Stream, float, int]:
         async with gate:
-            return await _open_stream(target, request, totals, deadline)
+            return await open_stream(target, request, totals, deadline)
 
     opening = time.perf_counter()
     results = await asyncio.gather(
@@ -327,7 +162,7 @@ async def bench(
     refused = 0
     for result in results:
         if isinstance(result, BaseException):
-            if isinstance(result, _Refused):
+            if isinstance(result, Refused):
                 errors.append(f"stream refused with HTTP {result.status}")
             elif isinstance(result, TimeoutError):
                 errors.append("stream did not open before --timeout")
@@ -405,77 +240,6 @@ async def bench(
         latency_ms=_percentiles([n / 1e6 for n in totals.latencies_ns], (50, 95, 99)),
         errors=list(dict.fromkeys(errors))[:10],
     )
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def _own_hub(timeout: float = 20.0) -> Iterator[str]:
-    """A ``tidings serve`` of the bench's own on a free loopback port; its URL."""
-    import httpx
-
-    # Only the flags below: the user's TIDINGS_* settings (a secret, Redis) stay out.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
-    with tempfile.TemporaryFile() as log:
-        for _attempt in range(3):
-            port = _free_port()
-            argv = [
-                sys.executable,
-                "-m",
-                "tidings",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--backend",
-                "memory",
-                "--store",
-                "memory",
-                "--log-level",
-                "warning",
-                "--connect-rate-limit",
-                "0",
-                "--max-connections-per-ip",
-                "0",
-                "--max-connections-per-user",
-                "0",
-                "--publish-rate-limit",
-                "0",
-            ]
-            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-            url = f"http://127.0.0.1:{port}"
-            try:
-                started = time.monotonic()
-                while proc.poll() is None and time.monotonic() - started < timeout:
-                    with contextlib.suppress(httpx.HTTPError):
-                        if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                            break
-                    time.sleep(0.05)  # polling the new process until it answers
-                else:
-                    log.seek(0)
-                    text = log.read().decode(errors="replace")
-                    if "address already in use" in text:
-                        continue  # the free port was taken meanwhile: another one
-                    last = text.strip().splitlines()[-1:] or ["no output"]
-                    raise TidingsError(f"the bench's own hub did not start: {last[0]}")
-                yield url
-                return
-            finally:
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-                    try:
-                        proc.wait(15)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait()
-        raise TidingsError("the bench's own hub did not start: no free port")
 
 
 def _raise_open_files_limit(subscribers: int) -> None:
@@ -558,7 +322,7 @@ def run_bench(args: argparse.Namespace) -> int:
         )
 
     if args.url is None:
-        with _own_hub() as url:
+        with own_hub() as url:
             result = measure(url, True)
     else:
         result = measure(args.url, False)

@@ -26,10 +26,7 @@ HTTP ``status`` the web layer answers with. The web layer renders them; nothing 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from tidings.wire import ServerSentEvent
+from tidings.types import ServerSentEvent
 
 __all__ = [
     "BackendUnavailable",

@@ -26,12 +26,9 @@ from __future__ import annotations
 
 import codecs
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
-
-import orjson
 
 from tidings.errors import InvalidEvent
+from tidings.types import ServerSentEvent
 
 __all__ = [
     "KEEPALIVE",
@@ -183,34 +180,6 @@ def encode_retry(ms: int) -> bytes:
 
 KEEPALIVE: bytes = encode_comment("ping")
 """The keep-alive comment sent after ``keepalive`` seconds of silence: ``b": ping\\n\\n"``."""
-
-
-@dataclass(frozen=True, slots=True)
-class ServerSentEvent:
-    """One event as a client receives it.
-
-    Attributes:
-        data: the event's data, its ``data:`` lines joined with ``\\n``.
-        event: the event type; ``"message"`` when the event had no (or an empty) ``event:``.
-        id: the last event ID at dispatch time, as WHATWG's ``lastEventId``: the most recent
-            ``id:`` seen on the stream, in this event or an earlier one; ``""`` if none.
-        retry: the value of a valid ``retry:`` field inside this event's block, else
-            ``None``. (WHATWG ties retry to the stream, not the event; see
-            ``EventParser.retry`` for that.)
-    """
-
-    data: str
-    event: str = "message"
-    id: str = ""
-    retry: int | None = None
-
-    def json(self) -> Any:
-        """The data parsed as JSON (a hub's events carry their payload as JSON).
-
-        Raises:
-            ValueError: the data is not JSON.
-        """
-        return orjson.loads(self.data)
 
 
 class EventParser:

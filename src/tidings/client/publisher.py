@@ -18,8 +18,9 @@ hub cannot be reached).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
+from tidings.client.reporting import given
 from tidings.client.tracker import AsyncTracker, Tracker
 from tidings.client.transport import (
     AsyncTransport,
@@ -35,11 +36,6 @@ from tidings.types import JSON
 __all__ = ["AsyncPublisher", "Publisher"]
 
 Number: TypeAlias = int | float
-
-
-def _given(**fields: Any) -> dict[str, JSON]:
-    """The fields that were given (``None`` means "leave as is")."""
-    return {name: value for name, value in fields.items() if value is not None}
 
 
 def _task(answer: JSON) -> Task:
@@ -65,7 +61,7 @@ def _publish_call(
 ) -> Call:
     body: dict[str, JSON] = {"topic": topic, "type": type, "data": data, "priority": priority}
     body.update(
-        _given(
+        given(
             users=list(users) if users is not None else None,
             retry=retry,
             idempotency_key=idempotency_key,
@@ -144,7 +140,7 @@ class Publisher:
         Raises:
             TaskExists: ``task_id`` is taken.
         """
-        body = _given(
+        body = given(
             task_id=task_id,
             title=title,
             total=total,
@@ -171,7 +167,7 @@ class Publisher:
             TaskFinished: the task is completed, failed or cancelled.
             InvalidEvent: ``current`` > ``total`` or ``progress`` outside 0..100.
         """
-        body = _given(current=current, total=total, progress=progress, message=message)
+        body = given(current=current, total=total, progress=progress, message=message)
         return _task(self.transport.handle(Call("progress", body, task_id=task_id)))
 
     def file(
@@ -185,7 +181,7 @@ class Publisher:
         message: str | None = None,
     ) -> Task:
         """Report a file's state (``PUT /tasks/{id}/files/{file_id}``)."""
-        body = _given(status=status, filename=filename, progress=progress, message=message)
+        body = given(status=status, filename=filename, progress=progress, message=message)
         call = Call("file", body, task_id=task_id, file_id=file_id)
         return _task(self.transport.handle(call))
 
@@ -200,7 +196,7 @@ class Publisher:
 
     def cancel(self, task_id: str, *, reason: str | None = None) -> Task:
         """Cancel the task (``POST /tasks/{id}/cancel``)."""
-        return _task(self.transport.handle(Call("cancel", _given(reason=reason), task_id)))
+        return _task(self.transport.handle(Call("cancel", given(reason=reason), task_id)))
 
     def track(
         self,
@@ -288,7 +284,7 @@ class AsyncPublisher:
         metadata: Mapping[str, JSON] | None = None,
     ) -> Task:
         """See :meth:`Publisher.create_task`."""
-        body = _given(
+        body = given(
             task_id=task_id,
             title=title,
             total=total,
@@ -310,7 +306,7 @@ class AsyncPublisher:
         message: str | None = None,
     ) -> Task:
         """See :meth:`Publisher.progress`."""
-        body = _given(current=current, total=total, progress=progress, message=message)
+        body = given(current=current, total=total, progress=progress, message=message)
         return _task(await self.transport.handle(Call("progress", body, task_id=task_id)))
 
     async def file(
@@ -324,7 +320,7 @@ class AsyncPublisher:
         message: str | None = None,
     ) -> Task:
         """See :meth:`Publisher.file`."""
-        body = _given(status=status, filename=filename, progress=progress, message=message)
+        body = given(status=status, filename=filename, progress=progress, message=message)
         call = Call("file", body, task_id=task_id, file_id=file_id)
         return _task(await self.transport.handle(call))
 
@@ -339,7 +335,7 @@ class AsyncPublisher:
 
     async def cancel(self, task_id: str, *, reason: str | None = None) -> Task:
         """See :meth:`Publisher.cancel`."""
-        call = Call("cancel", _given(reason=reason), task_id)
+        call = Call("cancel", given(reason=reason), task_id)
         return _task(await self.transport.handle(call))
 
     def track(

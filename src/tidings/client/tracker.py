@@ -30,14 +30,12 @@ from collections.abc import (
     Sized,
 )
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
+from tidings.client.reporting import AsyncTaskReporter, TaskReporter, given
 from tidings.errors import TaskFinished, TidingsError
 from tidings.tasks.model import Task
 from tidings.types import JSON
-
-if TYPE_CHECKING:
-    from tidings.client.publisher import AsyncPublisher, Publisher
 
 __all__ = ["AsyncTracker", "Tracker"]
 
@@ -45,10 +43,6 @@ logger = logging.getLogger("tidings.client")
 
 T = TypeVar("T")
 Number: TypeAlias = int | float
-
-
-def _given(**fields: Any) -> dict[str, JSON]:
-    return {name: value for name, value in fields.items() if value is not None}
 
 
 def _fail_fields(exc: BaseException) -> tuple[str, dict[str, JSON]]:
@@ -110,7 +104,7 @@ class _Throttle:
         self._mark(self.visible(), self.clock())
 
     def fields(self) -> dict[str, JSON]:
-        return _given(current=self.current, total=self.total, message=self.message)
+        return given(current=self.current, total=self.total, message=self.message)
 
 
 class Tracker:
@@ -128,7 +122,7 @@ class Tracker:
 
     def __init__(
         self,
-        publisher: Publisher,
+        publisher: TaskReporter,
         task_id: str | None = None,
         *,
         total: Number | None = None,
@@ -272,7 +266,7 @@ class AsyncTracker:
 
     def __init__(
         self,
-        publisher: AsyncPublisher,
+        publisher: AsyncTaskReporter,
         task_id: str | None = None,
         *,
         total: Number | None = None,

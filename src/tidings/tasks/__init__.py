@@ -1,6 +1,8 @@
 """Tasks: long-running work whose progress users watch (SPEC §3 "Tasks").
 
-- :mod:`tidings.tasks.model`: the :class:`Task` record, its state machine, event payloads.
+- :mod:`tidings.tasks.model`: the :class:`Task` record, its state machine, event payloads
+  (from :mod:`~tidings.tasks.record`, :mod:`~tidings.tasks.transitions` and
+  :mod:`~tidings.tasks.task_events`).
 - :mod:`tidings.tasks.store`: the :class:`TaskStore` seam; :mod:`~tidings.tasks.memory` and
   :mod:`~tidings.tasks.sqlite` implement it.
 - :mod:`tidings.tasks.service`: :class:`TaskService`, reached as ``hub.tasks``.
