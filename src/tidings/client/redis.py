@@ -220,7 +220,7 @@ class RedisTransport:
         self.url = url
         self.max_event_bytes = max_event_bytes
         self._plans = TaskPlans(prefix)
-        self._redis: redis.Redis = redis.Redis.from_url(url, **client_options())
+        self._redis: redis.Redis = redis.Redis.from_url(url, **client_options(blocking=True))
         self._scripts: dict[ScriptName, Any] = register_scripts(self._redis)
 
     def handle(self, call: Call) -> JSON:
@@ -249,7 +249,9 @@ class AsyncRedisTransport:
         self.url = url
         self.max_event_bytes = max_event_bytes
         self._plans = TaskPlans(prefix)
-        self._redis: redis.asyncio.Redis = redis.asyncio.Redis.from_url(url, **client_options())
+        self._redis: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
+            url, **client_options(blocking=False)
+        )
         self._scripts: dict[ScriptName, Any] = register_scripts(self._redis)
 
     async def handle(self, call: Call) -> JSON:

@@ -11,8 +11,9 @@ from typing import Any, TypeVar
 
 import redis
 import redis.asyncio
-from redis.asyncio.retry import Retry
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
+from redis.retry import Retry
 from redis.exceptions import RedisError, ResponseError
 
 from tidings.backends.redis.client import CLIENT_OPTIONS
@@ -27,14 +28,17 @@ logger = logging.getLogger("tidings.tasks.redis")
 T = TypeVar("T")
 
 
-def client_options() -> dict[str, Any]:
-    """Options of every Redis client of tasks and workers (as the backend's: no retries)."""
+def client_options(*, blocking: bool) -> dict[str, Any]:
+    """Options of every Redis client of tasks and workers (as the backend's: no retries):
+    a ``blocking`` client's (``redis.Redis``) or an asyncio one's (``redis.asyncio.Redis``).
+    """
     return {
         "socket_connect_timeout": 2.0,
         "socket_timeout": 5.0,
         "socket_keepalive": True,
         # A script retried after Redis ran it would apply a change (and its event) twice.
-        "retry": Retry(NoBackoff(), 0),
+        # redis-py's asyncio and blocking clients each take their own kind of Retry.
+        "retry": Retry(NoBackoff(), 0) if blocking else AsyncRetry(NoBackoff(), 0),
         "decode_responses": False,
         **CLIENT_OPTIONS,
     }

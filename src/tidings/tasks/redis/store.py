@@ -55,7 +55,10 @@ class RedisTaskStore:
         if self._redis is not None:
             return
         pool = redis.asyncio.BlockingConnectionPool.from_url(
-            self.url, max_connections=self.max_connections, timeout=5.0, **client_options()
+            self.url,
+            max_connections=self.max_connections,
+            timeout=5.0,
+            **client_options(blocking=False),
         )
         self._redis = redis.asyncio.Redis(connection_pool=pool)
         self._scripts = register_scripts(self._redis)
