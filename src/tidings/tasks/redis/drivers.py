@@ -13,8 +13,8 @@ import redis
 import redis.asyncio
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
-from redis.retry import Retry
 from redis.exceptions import RedisError, ResponseError
+from redis.retry import Retry
 
 from tidings.backends.redis.client import CLIENT_OPTIONS
 from tidings.errors import BackendUnavailable
