@@ -83,6 +83,9 @@ class Hub:
         self.jwt_verifier: JWTVerifier | None = None
         self._handle_signals = handle_signals
         self._previous_handlers: dict[int, Any] = {}
+        #: Started once (a stopped hub is not started again by a late request).
+        self.started = False
+        self._starting: asyncio.Lock | None = None
         self._router: APIRouter | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -96,6 +99,7 @@ class Hub:
         """
         if self.engine.running:
             return
+        self.started = True
         if self.authenticate is None:
             self.jwt_verifier = JWTVerifier.from_settings(self.settings)
         await self.engine.start()
@@ -104,6 +108,18 @@ class Hub:
         except BaseException:
             await self.engine.aclose()
             raise
+
+    async def start_on_request(self) -> None:
+        """Start the hub for a request, when no lifespan did: some ASGI servers (daphne)
+        run none. Later requests find it running; a hub stopped by :meth:`aclose` stays
+        stopped (its requests get 503)."""
+        if self.started:
+            return
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:
+            if not self.started:
+                await self.start()
 
     async def aclose(self) -> None:
         """End every stream, stop background work and close the backend and the store."""

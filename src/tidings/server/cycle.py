@@ -156,6 +156,7 @@ class RequestCycle:
                 close=True,
             )
             transport.write(head + _ERROR_500)
+            self._headers = None  # the head is written
             self._complete()
         else:
             transport.close()

@@ -45,3 +45,12 @@ class HubContext(Protocol):
     def jwt_verifier(self) -> JWTVerifier | None:
         """Verifies bearer tokens when JWT auth is on (and no ``authenticate``)."""
         ...
+
+    @property
+    def started(self) -> bool:
+        """Whether the hub was started (by its lifespan, or by :meth:`start_on_request`)."""
+        ...
+
+    async def start_on_request(self) -> None:
+        """Start a hub that no lifespan started (a server without the lifespan protocol)."""
+        ...

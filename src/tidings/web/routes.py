@@ -251,8 +251,13 @@ DASHBOARD: tuple[Endpoint, ...] = (
 
 
 async def answer(hub: HubContext, handler: Handler, request: Request) -> Response:
-    """``handler``'s response to ``request``, or the error it raised in the SPEC's shape."""
+    """``handler``'s response to ``request``, or the error it raised in the SPEC's shape.
+
+    A hub that no lifespan started (daphne runs none) starts with its first request.
+    """
     try:
+        if not hub.started:
+            await hub.start_on_request()
         return await handler(hub, request)
     except Exception as exc:
         return render(exc)

@@ -40,8 +40,9 @@ __all__ = ["ATTACH", "CUT_AFTER", "SSE_HEADERS", "EventStreamResponse"]
 #: The ASGI extension (and message type) of a server that writes streams itself.
 ATTACH = "tidings.stream.attach"
 
-#: Seconds a cut slow client's writer may stay blocked in ``send`` before it is cancelled.
-CUT_AFTER = 5.0
+#: Seconds a cut slow client's writer may stay blocked in ``send`` (what the server's
+#: buffers hold still draining to the client) before it is cancelled.
+CUT_AFTER = 30.0
 
 SSE_HEADERS = {
     "Cache-Control": "no-store",
