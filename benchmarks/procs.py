@@ -184,6 +184,9 @@ SERVERS: dict[str, ServerSpec] = {
     spec.name: spec
     for spec in (
         ServerSpec("tidings", "tidings"),
+        ServerSpec(
+            "tidings-embedded", "tidings embedded (FastAPI, uvicorn)", module="tidings_embedded"
+        ),
         ServerSpec("tidings-granian", "tidings on granian (ASGI)", needs=("granian",)),
         ServerSpec("bare-uvloop", "bare uvloop (bound)", module="bare_uvloop"),
         ServerSpec(
@@ -221,6 +224,19 @@ def tidings_flags() -> list[str]:
         if flag in help_text:
             flags += [flag, value]
     return flags
+
+
+def tidings_env() -> dict[str, str]:
+    """The environment of a hub that is not ``tidings serve``: its flags as ``TIDINGS_*``."""
+    flags = tidings_flags()
+    env = {**os.environ}
+    env.update(
+        {
+            f"TIDINGS_{k[2:].replace('-', '_').upper()}": v
+            for k, v in zip(flags[::2], flags[1::2], strict=True)
+        }
+    )
+    return env
 
 
 NGINX_CONF = """
@@ -306,14 +322,7 @@ def run_server(
     elif spec.name == "tidings-granian":
         # The same hub and settings as `tidings serve`, as a plain ASGI app under granian
         # (one worker, uvloop): every stream goes through ASGI `send`.
-        flags = tidings_flags()
-        env = {**os.environ}
-        env.update(
-            {
-                f"TIDINGS_{k[2:].replace('-', '_').upper()}": v
-                for k, v in zip(flags[::2], flags[1::2], strict=True)
-            }
-        )
+        env = tidings_env()
         granian = str(Path(PYTHON).parent / "granian")
         argv = [granian, "--interface", "asgi", "--factory", "--loop", "uvloop"]
         argv += ["--workers", "1", "--runtime-mode", "st", "--no-ws", "--log-level", "warning"]
@@ -327,6 +336,8 @@ def run_server(
         argv = ["nginx", "-c", str(conf), "-p", str(tmpdir)]
     else:
         argv = [PYTHON, str(BENCH / "servers" / f"{spec.module}.py"), "--port", str(port)]
+        if spec.name == "tidings-embedded":
+            env = tidings_env()
     argv += extra or []
     with open(log, "wb") as out:
         proc = spawn(

@@ -10,6 +10,7 @@ Result = dict[str, Any]
 
 ORDER = [
     "tidings",
+    "tidings-embedded",
     "tidings-granian",
     "bare-uvloop",
     "nchan",
@@ -19,6 +20,7 @@ ORDER = [
 ]
 COLORS = {
     "tidings": "#d1495b",
+    "tidings-embedded": "#a4243b",
     "tidings-granian": "#e8838f",
     "bare-uvloop": "#30638e",
     "nchan": "#00798c",
