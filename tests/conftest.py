@@ -16,9 +16,10 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -49,6 +50,42 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def run_tidings(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``python -m tidings ARGS`` to its end, with no ``TIDINGS_*`` setting but ``env``'s."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
+    return subprocess.run(
+        [sys.executable, "-m", "tidings", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**environment, **(env or {})},
+        check=False,
+    )
+
+
+async def until(
+    predicate: Callable[[], Awaitable[bool]], timeout: float = 10.0, what: str = "condition"
+) -> None:
+    """:func:`wait_for` for async tests: await ``predicate()`` every 20 ms until it is true."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def get_stats(url: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """``GET <url>/stats`` (async); the JSON body."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await client.get(url + "/stats", headers=headers)
+    assert response.status_code == 200, response.text
+    stats: dict[str, Any] = response.json()
+    return stats
+
+
 class PortTaken(Exception):
     """The server could not bind its port: another process took it first."""
 
@@ -75,11 +112,23 @@ class ServerProcess:
             try:
                 return self._start(timeout)
             except PortTaken:
-                self.port = free_port()
-                self.url = f"http://127.0.0.1:{self.port}"
+                self._new_port()
         return self._start(timeout)
 
-    def _start(self, timeout: float) -> ServerProcess:
+    async def astart(self, timeout: float = 20.0) -> ServerProcess:
+        """:meth:`start` for async tests: the wait does not block the event loop."""
+        for _ in range(3):
+            try:
+                return await self._astart(timeout)
+            except PortTaken:
+                self._new_port()
+        return await self._astart(timeout)
+
+    def _new_port(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def _spawn(self) -> None:
         env = {**os.environ, **self.extra_env}
         env.pop("TIDINGS_URL", None)
         argv = [sys.executable, "-m", "tidings", "serve", "--port", str(self.port), *self.args]
@@ -87,19 +136,39 @@ class ServerProcess:
             argv += ["--store", "memory"]
         self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, env=env)
 
+    def _check_alive(self) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            log = self.log()
+            if "address already in use" in log:
+                raise PortTaken(log)
+            raise AssertionError(f"server exited early:\n{log}")
+
+    def _start(self, timeout: float) -> ServerProcess:
+        self._spawn()
+
         def up() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                log = self.log()
-                if "address already in use" in log:
-                    raise PortTaken(log)
-                raise AssertionError(f"server exited early:\n{log}")
+            self._check_alive()
             try:
                 return httpx.get(self.url + "/healthz", timeout=1).status_code == 200
             except httpx.HTTPError:
                 return False
 
         wait_for(up, timeout, "the server to start")
+        return self
+
+    async def _astart(self, timeout: float) -> ServerProcess:
+        self._spawn()
+        async with httpx.AsyncClient(timeout=1) as client:
+
+            async def up() -> bool:
+                self._check_alive()
+                try:
+                    return (await client.get(self.url + "/healthz")).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            await until(up, timeout, "the server to start")
         return self
 
     def log(self) -> str:
@@ -132,6 +201,15 @@ class ServerProcess:
         self.stop()
         return self.start()
 
+    async def arestart(self) -> ServerProcess:
+        """:meth:`restart` for async tests."""
+        await asyncio.to_thread(self.stop)
+        return await self.astart()
+
+    async def await_exit(self, timeout: float = 20.0) -> int:
+        """:meth:`wait` for async tests."""
+        return await asyncio.to_thread(self.wait, timeout)
+
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.stop(timeout=5)
@@ -141,28 +219,76 @@ class ServerProcess:
         self.log_path.unlink(missing_ok=True)
 
 
-ServerFactory = Callable[..., ServerProcess]
+class ServerFactory:
+    """Starts ``tidings serve`` processes with extra flags; all are stopped afterwards.
+
+    ``server_factory(*flags)`` in sync code, ``await server_factory.start(*flags)`` in
+    async tests (its wait does not block the event loop).
+    """
+
+    def __init__(self) -> None:
+        self.started: list[ServerProcess] = []
+
+    def _new(self, args: tuple[str, ...], env: dict[str, str] | None) -> ServerProcess:
+        proc = ServerProcess(args, env)
+        self.started.append(proc)  # closed at teardown even if it fails to start
+        return proc
+
+    def __call__(self, *args: str, env: dict[str, str] | None = None) -> ServerProcess:
+        return self._new(args, env).start()
+
+    async def start(self, *args: str, env: dict[str, str] | None = None) -> ServerProcess:
+        return await self._new(args, env).astart()
+
+    def close(self) -> None:
+        for proc in self.started:
+            proc.close()
 
 
 @pytest.fixture
 def server_factory() -> Iterator[ServerFactory]:
-    """Start ``tidings serve`` processes with extra flags; all are stopped afterwards."""
-    started: list[ServerProcess] = []
+    """A :class:`ServerFactory` for this test."""
+    factory = ServerFactory()
+    yield factory
+    factory.close()
 
-    def start(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
-        proc = ServerProcess(args, env)
-        started.append(proc)  # closed at teardown even if it fails to start
-        return proc.start()
 
-    yield start
-    for proc in started:
+#: The flags of the shared hub (:func:`server`): the embedded defaults, keep-alive 1 s,
+#: and no limit on stream attempts per second, which many tests in a row would reach.
+SHARED_FLAGS = ("--keepalive", "1", "--connect-rate-limit", "0")
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[ServerProcess]:
+    """One hub for the run (memory backend, memory store), shared by every test that needs
+    no flags of its own: such a test uses topics and tasks of its own (:func:`uid`) and
+    reads counters as differences. A test that stops, restarts or signals a hub, or needs
+    its counters from zero, starts its own with ``server_factory``."""
+    proc = ServerProcess(SHARED_FLAGS)
+    try:
+        yield proc.start()
+    finally:
         proc.close()
 
 
 @pytest.fixture
-def server(server_factory: ServerFactory) -> ServerProcess:
-    """A hub on the embedded defaults (memory backend, memory store), keep-alive 1 s."""
-    return server_factory("--keepalive", "1")
+def own_server(server_factory: ServerFactory) -> ServerProcess:
+    """A hub of this test's own, with the shared hub's flags: for a test that reads its
+    counters from zero, lists everything, or stops or signals the hub."""
+    return server_factory(*SHARED_FLAGS)
+
+
+@pytest.fixture
+async def own_http(own_server: ServerProcess) -> AsyncIterator[httpx.AsyncClient]:
+    """An async HTTP client for ``own_server``."""
+    async with httpx.AsyncClient(base_url=own_server.url, timeout=10) as client:
+        yield client
+
+
+@pytest.fixture
+def uid() -> str:
+    """A short id of this test's own, for topics, tasks and users on a shared hub."""
+    return uuid.uuid4().hex[:10]
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pydantic import SecretStr
 
-from tests._security import SECRET, bearer, running_server, token
 from tests.conftest import free_port, wait_for
+from tests.web._security import SECRET, bearer, running_server, token
 from tidings.cli import build_parser, serve_parser_flags
 from tidings.config import Settings, is_loopback, load_settings
 from tidings.errors import ConfigError

@@ -699,7 +699,11 @@ async def test_observability_page_shows_requests_as_they_happen_in_chromium(
     await page.wait_for_function("document.querySelector('#state').textContent === 'open'")
     async with httpx.AsyncClient(base_url=url, timeout=10) as http:
         assert (await http.get("/api/items")).status_code == 200
-        await page.wait_for_function("document.querySelector('#total').textContent === '1'")
+        # The first request shown, and over: the page counts a request when it starts.
+        await page.wait_for_function(
+            "document.querySelector('#total').textContent === '1'"
+            " && document.querySelector('#inflight').textContent === '0'"
+        )
         slow = asyncio.create_task(http.get("/api/slow", params={"ms": 1500}))
         # A request still running shows as running, and counts in flight.
         await page.wait_for_function("document.querySelector('#inflight').textContent === '1'")

@@ -2,7 +2,7 @@
 ``token``.
 
 ``serve``'s flags are generated from :class:`~tidings.config.Settings`, so every setting has
-its flag and nothing else does (``tests/test_cli.py`` keeps them in step). Every failure is
+its flag and nothing else does (``tests/cli/test_cli.py`` keeps them in step). Every failure is
 one line on stderr and a non-zero exit (2 for bad usage or settings); never a traceback.
 """
 

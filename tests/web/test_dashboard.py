@@ -48,10 +48,11 @@ async def detail_percent_is(page: Page, value: int) -> None:
 
 
 async def test_dashboard_shows_a_running_task_its_files_and_live_events(
-    server: ServerProcess, browser_context: BrowserContext
+    server: ServerProcess, browser_context: BrowserContext, uid: str
 ) -> None:
+    title = f"Resize photos {uid}"
     async with AsyncPublisher(server.url) as pub:
-        task_id = (await pub.create_task(title="Resize photos", total=4)).task_id
+        task_id = (await pub.create_task(title=title, total=4)).task_id
         for name, status in [
             ("a.jpg", "completed"),
             ("b.jpg", "completed"),
@@ -63,7 +64,7 @@ async def test_dashboard_shows_a_running_task_its_files_and_live_events(
         page = await open_dashboard(browser_context, server.url)
 
         # The task list, and the task selected with its bar and file grid.
-        await page.locator(".task", has_text="Resize photos").click()
+        await page.locator(".task", has_text=title).click()
         await detail_percent_is(page, 50)
         assert await page.locator("#detail-message").text_content() == "b.jpg done"
         cells = await page.evaluate(
@@ -86,7 +87,7 @@ async def test_dashboard_shows_a_running_task_its_files_and_live_events(
             "() => document.querySelector('#files [data-id=\"c.jpg\"]').dataset.status"
             " === 'completed'"
         )
-        row_bar = page.locator(".task", has_text="Resize photos").locator("[role=progressbar]")
+        row_bar = page.locator(".task", has_text=title).locator("[role=progressbar]")
         assert await row_bar.get_attribute("aria-valuenow") == "75"
 
         # The feed shows what is published, of any type.
@@ -140,7 +141,7 @@ async def test_the_feed_filters_by_topic_and_pauses(
 async def test_with_auth_the_dashboard_takes_a_token_and_shows_what_it_may_see(
     server_factory: ServerFactory, browser_context: BrowserContext
 ) -> None:
-    server = server_factory("--jwt-secret", SECRET)
+    server = await server_factory.start("--jwt-secret", SECRET)
     alice = mint_token(SECRET, sub="alice", subscribe=["chat/**"])
     bob = mint_token(SECRET, sub="bob")
     writer = mint_token(SECRET, sub="bot", publish=["chat/**"])
@@ -184,12 +185,11 @@ async def test_with_auth_the_dashboard_takes_a_token_and_shows_what_it_may_see(
 
 
 async def test_the_dashboard_fits_a_phone_screen(
-    server: ServerProcess, browser_context: BrowserContext
+    server: ServerProcess, browser_context: BrowserContext, uid: str
 ) -> None:
+    title = "A rather long title for a task " * 3 + uid
     async with AsyncPublisher(server.url) as pub:
-        task_id = (
-            await pub.create_task(title="A rather long title for a task " * 3, total=3)
-        ).task_id
+        task_id = (await pub.create_task(title=title, total=3)).task_id
         await pub.file(
             task_id, "a-very-long-file-name-without-any-break-in-it.tar.gz", status="processing"
         )
@@ -197,7 +197,7 @@ async def test_the_dashboard_fits_a_phone_screen(
     await page.set_viewport_size({"width": 360, "height": 740})
     await page.goto(server.url + "/")
     await page.wait_for_function(LIVE)
-    await page.locator(".task").first.click()
+    await page.locator(".task", has_text=title).click()
     await page.wait_for_function("() => document.querySelectorAll('#files .file').length === 1")
     assert await page.evaluate("() => document.documentElement.scrollWidth") <= 360
 

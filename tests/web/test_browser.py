@@ -8,16 +8,14 @@ Python publisher, and every wait is on a condition in the page (``wait_for_funct
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx
 import pytest
 
-from tests.conftest import ServerFactory, ServerProcess
+from tests.conftest import ServerFactory, ServerProcess, get_stats, until
 from tidings.auth.jwt import mint_token
 from tidings.client import AsyncPublisher
 
@@ -59,6 +57,16 @@ def hub() -> Iterator[ServerProcess]:
         proc.close()
 
 
+@pytest.fixture(scope="module")
+def jwt_hub() -> Iterator[ServerProcess]:
+    """One hub with JWT authentication that also reads a token from the query."""
+    proc = ServerProcess(("--jwt-secret", SECRET, "--allow-query-token"))
+    try:
+        yield proc.start()
+    finally:
+        proc.close()
+
+
 async def client_page(context: BrowserContext, url: str) -> Page:
     """A page of the hub's origin with tidings.js imported and the test helpers set."""
     page = await context.new_page()
@@ -89,29 +97,23 @@ async def stream_stats(page: Page, task_id: str) -> dict[str, int]:
     return stats
 
 
-async def hub_stats(url: str) -> dict[str, Any]:
-    async with httpx.AsyncClient(timeout=5) as client:
-        stats: dict[str, Any] = (await client.get(url + "/stats")).json()
-    return stats
-
-
 async def streams_of_task(url: str, task_id: str) -> int:
-    return int((await hub_stats(url))["connections"]["by_task"].get(task_id, 0))
+    return int((await get_stats(url))["connections"]["by_task"].get(task_id, 0))
 
 
 async def streams_of_topic(url: str, topic: str) -> int:
-    return int((await hub_stats(url))["connections"]["by_topic"].get(topic, 0))
+    return int((await get_stats(url))["connections"]["by_topic"].get(topic, 0))
 
 
 async def until_count(
     counter: Callable[[], Awaitable[int]], expected: int, timeout: float = 10.0, what: str = ""
 ) -> None:
-    """Poll the hub until ``counter()`` is ``expected``; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while (found := await counter()) != expected:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}: {found} != {expected}")
-        await asyncio.sleep(0.05)
+    """Wait until ``counter()`` (a count the hub reports) is ``expected``."""
+
+    async def reached() -> bool:
+        return await counter() == expected
+
+    await until(reached, timeout, f"{what} ({expected})")
 
 
 def sequences(log: list[list[Any]]) -> list[int]:
@@ -242,7 +244,7 @@ async def test_the_stream_comes_back_after_the_hub_restarts(
 ) -> None:
     # Tasks in SQLite survive the restart; the memory backend's ids do not, so the client
     # resumes from an id the new process cannot place and gets the task's state instead.
-    server = server_factory(
+    server = await server_factory.start(
         "--store", f"sqlite:///{tmp_path}/tasks.db", "--retry", "200", "--shutdown-grace", "2"
     )
     async with AsyncPublisher(server.url) as pub:
@@ -269,7 +271,7 @@ async def test_a_subscription_read_with_fetch_comes_back_after_a_restart_with_a_
     server_factory: ServerFactory, browser_context: BrowserContext
 ) -> None:
     # A catch-all reads the stream with fetch(): its reconnects are the client's own.
-    server = server_factory("--retry", "200", "--shutdown-grace", "2")
+    server = await server_factory.start("--retry", "200", "--shutdown-grace", "2")
     page = await client_page(browser_context, server.url)
     await page.evaluate(
         """() => {
@@ -296,30 +298,30 @@ async def test_a_subscription_read_with_fetch_comes_back_after_a_restart_with_a_
 
 
 async def test_a_token_function_is_asked_again_when_the_token_expires(
-    server_factory: ServerFactory, browser_context: BrowserContext
+    jwt_hub: ServerProcess, browser_context: BrowserContext, uid: str
 ) -> None:
-    server = server_factory("--jwt-secret", SECRET, "--allow-query-token")
+    server, topic = jwt_hub, f"chat/{uid}"
     short = mint_token(SECRET, sub="ada", subscribe=["chat/**"], ttl=2)
     fresh = mint_token(SECRET, sub="ada", subscribe=["chat/**"])
     writer = mint_token(SECRET, sub="bot", publish=["chat/**"])
     page = await client_page(browser_context, server.url)
     await page.evaluate(
-        """([short, fresh]) => {
+        """([short, fresh, topic]) => {
           window.got = [];
           window.asked = 0;
           const token = () => { asked += 1; return asked === 1 ? short : fresh; };
-          window.sub = tidings.subscribe("chat/general", {note: (d) => got.push(d.n)}, {token});
+          window.sub = tidings.subscribe(topic, {note: (d) => got.push(d.n)}, {token});
         }""",
-        [short, fresh],
+        [short, fresh, topic],
     )
     await page.wait_for_function("() => sub.readyState() === 1")
     async with AsyncPublisher(server.url, token=writer) as pub:
-        await pub.publish("chat/general", {"n": 1}, type="note")
+        await pub.publish(topic, {"n": 1}, type="note")
         await page.wait_for_function("() => got.length === 1")
         # At the short token's expiry the hub sends auth_expired and ends the stream; the
         # client asks for a token again and resumes from its last id.
         await page.wait_for_function("() => asked === 2 && sub.readyState() === 1")
-        await pub.publish("chat/general", {"n": 2}, type="note")
+        await pub.publish(topic, {"n": 2}, type="note")
         await page.wait_for_function("() => got.length === 2")
     assert await page.evaluate("() => got") == [1, 2]
 
@@ -328,7 +330,7 @@ async def test_a_refused_connection_is_retried_with_backoff(
     server_factory: ServerFactory, browser_context: BrowserContext
 ) -> None:
     """A 429 makes the browser's EventSource give up for good; the client must not."""
-    server = server_factory("--connect-rate-limit", "1")
+    server = await server_factory.start("--connect-rate-limit", "1")
     async with AsyncPublisher(server.url) as pub:
         first = (await pub.create_task()).task_id
         second = (await pub.create_task()).task_id
@@ -404,28 +406,28 @@ async def test_subscribe_delivers_events_by_type_and_to_the_catch_all(
 
 
 async def test_subscribe_sends_a_given_token_and_reports_a_refusal(
-    server_factory: ServerFactory, browser_context: BrowserContext
+    jwt_hub: ServerProcess, browser_context: BrowserContext, uid: str
 ) -> None:
-    server = server_factory("--jwt-secret", SECRET, "--allow-query-token")
+    server, topic = jwt_hub, f"chat/{uid}"
     reader = mint_token(SECRET, sub="ada", subscribe=["chat/**"])
     writer = mint_token(SECRET, sub="bot", publish=["chat/**"])
     page = await client_page(browser_context, server.url)
     await page.evaluate(
-        """token => {
+        """([token, topic]) => {
           window.got = [];
           window.errors = [];
-          window.allowed = tidings.subscribe("chat/general", {note: (d) => got.push(d)}, {token});
-          window.refused = tidings.subscribe("chat/general", {note: (d) => got.push(d)}, {
+          window.allowed = tidings.subscribe(topic, {note: (d) => got.push(d)}, {token});
+          window.refused = tidings.subscribe(topic, {note: (d) => got.push(d)}, {
             onError: (e) => errors.push([e.code, e.status]),
           });
         }""",
-        reader,
+        [reader, topic],
     )
     await page.wait_for_function("() => allowed.readyState() === 1 && errors.length === 1")
     assert await page.evaluate("() => errors") == [["unauthenticated", 401]]
     assert await page.evaluate("() => refused.readyState()") == 2
     async with AsyncPublisher(server.url, token=writer) as pub:
-        await pub.publish("chat/general", {"n": 1}, type="note")
+        await pub.publish(topic, {"n": 1}, type="note")
     await page.wait_for_function("() => got.length === 1")
     assert await page.evaluate("() => got") == [{"n": 1}]
 

@@ -21,7 +21,6 @@ import orjson
 import pytest
 import redis.asyncio
 
-from tests._security import SECRET, bearer, token
 from tests.conftest import (
     RedisServer,
     ServerFactory,
@@ -30,6 +29,7 @@ from tests.conftest import (
     TcpProxy,
     open_sse,
 )
+from tests.web._security import SECRET, bearer, token
 from tidings.client import AsyncPublisher, Publisher
 from tidings.client.redis import AsyncRedisTransport, RedisTransport
 from tidings.config import load_settings
@@ -47,16 +47,17 @@ from tidings.tasks.redis import RedisTaskStore
 from tidings.tasks.service import open_store
 from tidings.wire import ServerSentEvent
 
-StartNodes = Callable[..., list[ServerProcess]]
+StartNodes = Callable[..., Awaitable[list[ServerProcess]]]
 
 
 @pytest.fixture
 def start_nodes(server_factory: ServerFactory, redis_url: str) -> StartNodes:
-    """``start_nodes(n, *flags)``: ``n`` nodes on the tests' Redis, tasks in Redis."""
+    """``await start_nodes(n, *flags)``: ``n`` nodes on the tests' Redis, tasks in Redis,
+    started side by side."""
 
-    def start(count: int, *flags: str) -> list[ServerProcess]:
+    async def start(count: int, *flags: str) -> list[ServerProcess]:
         args = ("--backend", redis_url, "--store", "redis", "--keepalive", "1", *flags)
-        return [server_factory(*args) for _ in range(count)]
+        return list(await asyncio.gather(*(server_factory.start(*args) for _ in range(count))))
 
     return start
 
@@ -106,7 +107,7 @@ def comparable(events: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict
 async def test_racing_terminal_requests_on_two_nodes_have_one_winner(
     start_nodes: StartNodes, http: httpx.AsyncClient, raw_redis: redis.asyncio.Redis
 ) -> None:
-    a, b = start_nodes(2)
+    a, b = await start_nodes(2)
     for _ in range(8):
         task = await ok(await http.post(f"{a.url}/tasks", json={}), 201)
         task_id = task["task_id"]
@@ -135,7 +136,7 @@ async def test_concurrent_updates_on_two_nodes_reach_the_wire_in_sequence_order(
 ) -> None:
     """Both nodes change one task at once: every change succeeds with its own sequence, and
     the events reach Redis (so every stream) with the sequence rising by exactly one."""
-    a, b = start_nodes(2)
+    a, b = await start_nodes(2)
     task = await ok(await http.post(f"{a.url}/tasks", json={"total": 100}), 201)
     task_id = task["task_id"]
     async with open_sse(http, f"{b.url}/tasks/{task_id}/stream") as stream:
@@ -180,8 +181,10 @@ async def test_a_task_created_on_one_node_streams_from_another(
     server_factory: ServerFactory, redis_url: str, http: httpx.AsyncClient
 ) -> None:
     """Node B uses ``--store auto``: with a Redis backend that is the Redis store."""
-    a = server_factory("--backend", redis_url, "--store", "redis")
-    b = server_factory("--backend", redis_url, "--store", "auto")
+    a, b = await asyncio.gather(
+        server_factory.start("--backend", redis_url, "--store", "redis"),
+        server_factory.start("--backend", redis_url, "--store", "auto"),
+    )
     task = await ok(await http.post(f"{a.url}/tasks", json={"total": 4, "title": "T"}), 201)
     task_id = task["task_id"]
     assert (await ok(await http.get(f"{b.url}/tasks/{task_id}")))["title"] == "T"
@@ -217,7 +220,7 @@ async def test_expired_tasks_are_purged_once_across_nodes(
     start_nodes: StartNodes, http: httpx.AsyncClient, raw_redis: redis.asyncio.Redis
 ) -> None:
     """Both nodes run the purge loop; each expired task is deleted, and announced, once."""
-    a, b = start_nodes(2, "--task-retention", "1")
+    a, b = await start_nodes(2, "--task-retention", "1")
     finished = await ok(await http.post(f"{a.url}/tasks", json={}), 201)
     await ok(await http.post(f"{a.url}/tasks/{finished['task_id']}/complete"))
     abandoned = await ok(await http.post(f"{b.url}/tasks", json={}), 201)
@@ -265,7 +268,7 @@ async def test_a_worker_process_reports_through_redis_to_a_browser_on_a_node(
 ) -> None:
     """A sync worker (no web server, no HTTP) drives a task with ``track()``; a browser
     streaming it from a node sees every step, to ``task_completed``."""
-    (node,) = start_nodes(1)
+    (node,) = await start_nodes(1)
     task = await ok(await http.post(f"{node.url}/tasks", json={"title": "Convert"}), 201)
     task_id = task["task_id"]
     async with open_sse(http, f"{node.url}/tasks/{task_id}/stream") as stream:
@@ -294,7 +297,7 @@ async def test_a_worker_process_reports_through_redis_to_a_browser_on_a_node(
 async def test_a_sync_publisher_on_redis_creates_tasks_and_publishes_events(
     start_nodes: StartNodes, http: httpx.AsyncClient, redis_url: str
 ) -> None:
-    (node,) = start_nodes(1)
+    (node,) = await start_nodes(1)
     with Publisher(redis_url) as pub:
         assert isinstance(pub.transport, RedisTransport)
         async with open_sse(
@@ -333,7 +336,7 @@ async def test_a_worker_and_a_node_produce_the_same_events(
     redis_url: str,
 ) -> None:
     """The same calls made over HTTP and straight into Redis publish identical events."""
-    (node,) = start_nodes(1)
+    (node,) = await start_nodes(1)
     via_http, via_redis = Publisher(node.url), Publisher(redis_url)
 
     def steps(pub: Publisher) -> str:
@@ -367,7 +370,7 @@ async def test_a_worker_and_a_node_produce_the_same_events(
 async def test_an_async_publisher_on_redis_drives_a_task_and_races_a_node(
     start_nodes: StartNodes, http: httpx.AsyncClient, redis_url: str
 ) -> None:
-    a, b = start_nodes(2)
+    a, b = await start_nodes(2)
     async with AsyncPublisher(redis_url) as pub:
         assert isinstance(pub.transport, AsyncRedisTransport)
         task = await pub.create_task(total=3, title="async")

@@ -12,7 +12,7 @@ import os
 import pty
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +20,18 @@ import httpx
 import orjson
 import pytest
 
-from tests._security import SECRET as JWT_SECRET
-from tests._security import bearer, running_server, token
-from tests.conftest import ServerProcess, wait_for
+from tests.conftest import ServerFactory, ServerProcess, wait_for
+from tests.web._security import SECRET as JWT_SECRET
+from tests.web._security import bearer, token
 from tidings.cli import main
 from tidings.client import TaskUpdate, subscribe, watch_task, watch_task_sync
 from tidings.errors import LimitExceeded, NotAuthorized, TaskNotFound
 
 
-@pytest.fixture(scope="module")
-def hub() -> Iterator[ServerProcess]:
-    """One hub for the module: each test makes its own tasks."""
-    with running_server("--store", "memory") as server:
-        yield server
+@pytest.fixture
+def hub(server: ServerProcess) -> ServerProcess:
+    """The shared hub: each test makes its own tasks."""
+    return server
 
 
 def create_task(hub: ServerProcess, **body: Any) -> str:
@@ -70,7 +69,7 @@ def run_a_task(hub: ServerProcess, task_id: str) -> None:
 
 
 async def test_watch_task_follows_a_task_until_it_completes(hub: ServerProcess) -> None:
-    task_id = create_task(hub, total=2, title="Convert images")
+    task_id = await asyncio.to_thread(create_task, hub, total=2, title="Convert images")
     updates: list[TaskUpdate] = []
 
     async def watch() -> None:
@@ -122,34 +121,34 @@ async def test_watch_task_of_an_unknown_task_raises_task_not_found(hub: ServerPr
             pass
 
 
-async def test_watch_task_errors_for_tokens_and_limits() -> None:
-    with running_server("--jwt-secret", JWT_SECRET, "--max-connections-per-ip", "1") as server:
-        alice = token("alice")
-        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
-            created = await http.post("/tasks", json={"total": 1}, headers=bearer(alice))
-        task_id = created.json()["task_id"]
-        # No token: 401, and the exception says so.
-        with pytest.raises(NotAuthorized) as refused:
-            async for _ in watch_task(server.url, task_id):
+async def test_watch_task_errors_for_tokens_and_limits(server_factory: ServerFactory) -> None:
+    server = await server_factory.start("--jwt-secret", JWT_SECRET, "--max-connections-per-ip", "1")
+    alice = token("alice")
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+        created = await http.post("/tasks", json={"total": 1}, headers=bearer(alice))
+    task_id = created.json()["task_id"]
+    # No token: 401, and the exception says so.
+    with pytest.raises(NotAuthorized) as refused:
+        async for _ in watch_task(server.url, task_id):
+            pass
+    assert refused.value.status == 401
+    # Someone else's task looks like no task at all (ids don't leak).
+    with pytest.raises(TaskNotFound):
+        async for _ in watch_task(server.url, task_id, token=token("mallory")):
+            pass
+    # Over the per-IP stream cap, the first attempt raises instead of waiting.
+    async with (
+        httpx.AsyncClient(base_url=server.url, timeout=10) as http,
+        http.stream("GET", f"/tasks/{task_id}/stream", headers=bearer(alice)) as held,
+    ):
+        assert held.status_code == 200
+        with pytest.raises(LimitExceeded) as limited:
+            async for _ in watch_task(server.url, task_id, token=alice):
                 pass
-        assert refused.value.status == 401
-        # Someone else's task looks like no task at all (ids don't leak).
-        with pytest.raises(TaskNotFound):
-            async for _ in watch_task(server.url, task_id, token=token("mallory")):
+        assert limited.value.retry_after >= 1
+        with pytest.raises(LimitExceeded):
+            async for _ in subscribe(server.url, ["users/alice/**"], token=alice):
                 pass
-        # Over the per-IP stream cap, the first attempt raises instead of waiting.
-        async with (
-            httpx.AsyncClient(base_url=server.url, timeout=10) as http,
-            http.stream("GET", f"/tasks/{task_id}/stream", headers=bearer(alice)) as held,
-        ):
-            assert held.status_code == 200
-            with pytest.raises(LimitExceeded) as limited:
-                async for _ in watch_task(server.url, task_id, token=alice):
-                    pass
-            assert limited.value.retry_after >= 1
-            with pytest.raises(LimitExceeded):
-                async for _ in subscribe(server.url, ["users/alice/**"], token=alice):
-                    pass
 
 
 # -- tidings watch ---------------------------------------------------------------------------

@@ -13,7 +13,8 @@ import httpx
 import orjson
 import pytest
 
-from tests._security import (
+from tests.conftest import ServerProcess
+from tests.web._security import (
     SECRET,
     bearer,
     expect_error,
@@ -23,7 +24,6 @@ from tests._security import (
     token,
     topics,
 )
-from tests.conftest import ServerProcess
 
 APP = "https://app.example"
 DEV = "http://localhost:5173"

@@ -16,7 +16,7 @@ from tidings.wire import ServerSentEvent
 
 async def test_client_resumes_across_server_ended_streams(server_factory: ServerFactory) -> None:
     # Streams end after about a second; the client must come back with its last id.
-    server = server_factory("--max-connection-age", "1", "--retry", "50")
+    server = await server_factory.start("--max-connection-age", "1", "--retry", "50")
     received: list[ServerSentEvent] = []
     ids: list[str] = []
 
@@ -42,7 +42,7 @@ async def test_client_resumes_across_server_ended_streams(server_factory: Server
 
 
 async def test_client_stops_on_a_client_error(server_factory: ServerFactory) -> None:
-    server = server_factory()
+    server = await server_factory.start()
     with pytest.raises(TidingsError) as info:
         async for _ in subscribe(server.url, ["bad topic"]):
             pass

@@ -15,7 +15,8 @@ import httpx
 import orjson
 import pytest
 
-from tests._security import (
+from tests.conftest import ServerFactory, wait_for
+from tests.web._security import (
     SECRET,
     admin_stats,
     bearer,
@@ -29,9 +30,6 @@ from tests._security import (
     topics,
     wait_connections,
 )
-from tests.conftest import ServerFactory, wait_for
-from tidings.errors import LimitExceeded
-from tidings.limits import Limits, RateLimiter, StreamSlots
 
 OTHER_IP = "127.0.0.2"
 
@@ -48,7 +46,7 @@ def retry_after(response: httpx.Response) -> int:
 async def test_streams_per_user_are_capped_and_a_closed_stream_frees_its_slot_at_once(
     server_factory: ServerFactory,
 ) -> None:
-    server = server_factory("--jwt-secret", SECRET, "--max-connections-per-user", "2")
+    server = await server_factory.start("--jwt-secret", SECRET, "--max-connections-per-user", "2")
     alice = bearer(token("alice", subscribe=["chat/**"]))
     bob = bearer(token("bob", subscribe=["chat/**"]))
     async with (
@@ -77,7 +75,7 @@ async def test_streams_per_user_are_capped_and_a_closed_stream_frees_its_slot_at
 async def test_streams_per_ip_are_capped_and_other_addresses_are_served(
     server_factory: ServerFactory,
 ) -> None:
-    server = server_factory("--max-connections-per-ip", "2")
+    server = await server_factory.start("--max-connections-per-ip", "2")
     async with client_at(server, OTHER_IP) as crowded, client_at(server) as other:
         async with open_stream(crowded, topics("a")), open_stream(crowded, topics("b")):
             refused = await stream_status(crowded, topics("c"))
@@ -95,7 +93,7 @@ async def test_streams_per_ip_count_the_address_a_trusted_proxy_forwards(
 ) -> None:
     # Loopback (127.0.0.1) is the trusted proxy by default: behind it, each forwarded
     # address has its own cap. An untrusted peer's X-Forwarded-For is ignored.
-    server = server_factory("--max-connections-per-ip", "1")
+    server = await server_factory.start("--max-connections-per-ip", "1")
     alice = {"x-forwarded-for": "203.0.113.7"}
     bob = {"x-forwarded-for": "203.0.113.8"}
     async with (
@@ -112,7 +110,7 @@ async def test_streams_per_ip_count_the_address_a_trusted_proxy_forwards(
 
 
 async def test_a_refused_subscription_takes_no_slot(server_factory: ServerFactory) -> None:
-    server = server_factory(
+    server = await server_factory.start(
         "--jwt-secret", SECRET, "--max-connections-per-user", "1", "--max-connections-per-ip", "1"
     )
     alice = bearer(token("alice", subscribe=["chat/**"]))
@@ -131,7 +129,9 @@ async def test_a_refused_subscription_takes_no_slot(server_factory: ServerFactor
 async def test_connection_attempts_per_ip_are_rate_limited_with_retry_after(
     server_factory: ServerFactory,
 ) -> None:
-    server = server_factory("--connect-rate-limit", "0.01")  # a burst of 1, then 1 per 100 s
+    server = await server_factory.start(
+        "--connect-rate-limit", "0.01"
+    )  # a burst of 1, then 1 per 100 s
     async with client_at(server, OTHER_IP) as client, client_at(server) as other:
         assert (await stream_status(client, topics("a"))).status_code == 200
         refused = await stream_status(client, topics("a"))
@@ -147,7 +147,7 @@ async def test_connection_attempts_per_ip_are_rate_limited_with_retry_after(
 async def test_a_flood_from_one_ip_is_cut_while_another_ip_is_served(
     server_factory: ServerFactory,
 ) -> None:
-    server = server_factory("--connect-rate-limit", "0.01")
+    server = await server_factory.start("--connect-rate-limit", "0.01")
     async with client_at(server, OTHER_IP) as flood, client_at(server) as other:
 
         async def attempt() -> int:
@@ -164,7 +164,7 @@ async def test_a_flood_from_one_ip_is_cut_while_another_ip_is_served(
 
 
 async def test_publishes_per_principal_are_rate_limited(server_factory: ServerFactory) -> None:
-    server = server_factory("--jwt-secret", SECRET, "--publish-rate-limit", "0.01")
+    server = await server_factory.start("--jwt-secret", SECRET, "--publish-rate-limit", "0.01")
     alice = bearer(token("alice", publish=["news"]))
     bob = bearer(token("bob", publish=["news"]))
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
@@ -185,7 +185,7 @@ async def test_publishes_per_principal_are_rate_limited(server_factory: ServerFa
 
 
 async def test_anonymous_publishes_are_limited_per_ip(server_factory: ServerFactory) -> None:
-    server = server_factory("--publish-rate-limit", "0.01")
+    server = await server_factory.start("--publish-rate-limit", "0.01")
     async with client_at(server, OTHER_IP) as client, client_at(server) as other:
         assert (await client.post("/publish", json={"topic": "t"})).status_code == 202
         expect_error(await client.post("/publish", json={"topic": "t"}), 429, "rate_limited")
@@ -193,7 +193,7 @@ async def test_anonymous_publishes_are_limited_per_ip(server_factory: ServerFact
 
 
 async def test_zero_means_no_limit(server_factory: ServerFactory) -> None:
-    server = server_factory(
+    server = await server_factory.start(
         "--connect-rate-limit", "0", "--publish-rate-limit", "0", "--max-connections-per-ip", "0"
     )
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
@@ -207,7 +207,7 @@ async def test_zero_means_no_limit(server_factory: ServerFactory) -> None:
 
 
 async def test_request_bodies_over_the_limit_get_413(server_factory: ServerFactory) -> None:
-    server = server_factory("--max-body-bytes", "2048")
+    server = await server_factory.start("--max-body-bytes", "2048")
     body = b'{"topic": "t", "data": "' + b"x" * 3000 + b'"}'
 
     async def chunked() -> AsyncIterator[bytes]:
@@ -227,7 +227,7 @@ async def test_request_bodies_over_the_limit_get_413(server_factory: ServerFacto
 
 
 async def test_at_most_32_topics_per_subscription(server_factory: ServerFactory) -> None:
-    server = server_factory()
+    server = await server_factory.start()
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
         ok = await stream_status(http, topics(*(f"t/{i}" for i in range(32))))
         too_many = await stream_status(http, topics(*(f"t/{i}" for i in range(33))))
@@ -313,7 +313,7 @@ def test_unparsable_requests_get_a_json_400(server_factory: ServerFactory) -> No
 
 
 async def test_large_but_allowed_heads_are_served(server_factory: ServerFactory) -> None:
-    server = server_factory("--max-header-bytes", "65536")
+    server = await server_factory.start("--max-header-bytes", "65536")
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
         cookie = {"Cookie": "session=" + "c" * 40_000}
         assert (await http.get("/healthz", headers=cookie)).status_code == 200
@@ -374,97 +374,3 @@ def test_a_body_that_stops_arriving_is_cut_without_a_server_error(
     assert stats["events"]["published"] == 0
     assert "Traceback" not in server.log()
     assert "unhandled" not in server.log()
-
-
-# -- the limits module on its own -------------------------------------------------------------
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_rate_limiter_allows_a_burst_then_the_rate() -> None:
-    clock = FakeClock()
-    limiter = RateLimiter(2.0, clock=clock)
-    assert [limiter.retry_after("ip") for _ in range(3)] == [0.0, 0.0, 0.5]
-    clock.now += 0.5
-    assert limiter.retry_after("ip") == 0.0
-    assert limiter.retry_after("ip") == 0.5
-    assert limiter.retry_after("other") == 0.0
-
-
-def test_rate_limiter_refusal_costs_nothing_and_says_when_to_return() -> None:
-    clock = FakeClock()
-    limiter = RateLimiter(0.1, clock=clock)
-    limiter.hit("ip")
-    with pytest.raises(LimitExceeded) as refused:
-        limiter.hit("ip")
-    assert refused.value.retry_after == 10
-    assert refused.value.status == 429
-    clock.now += 9.9
-    assert limiter.retry_after("ip") == pytest.approx(0.1)
-    clock.now += 0.1
-    assert limiter.retry_after("ip") == 0.0
-
-
-def test_rate_limiter_memory_is_bounded() -> None:
-    clock = FakeClock()
-    limiter = RateLimiter(1.0, clock=clock, max_keys=100)
-    for i in range(10_000):
-        limiter.retry_after(f"10.0.{i // 256}.{i % 256}")
-    assert len(limiter) <= 100
-    # Buckets that refilled are swept as traffic goes on.
-    clock.now += 60
-    for i in range(200):
-        limiter.retry_after(f"fresh-{i}")
-        clock.now += 1.0
-    assert len(limiter) <= 2
-
-
-def test_zero_rate_never_limits() -> None:
-    limiter = RateLimiter(0, clock=FakeClock())
-    assert not limiter.enabled
-    assert all(limiter.retry_after("ip") == 0.0 for _ in range(1000))
-    assert len(limiter) == 0
-
-
-def test_stream_slots_cap_users_and_ips_and_free_on_release() -> None:
-    slots = StreamSlots(per_user=2, per_ip=3)
-    a, b, c, d = object(), object(), object(), object()
-    slots.acquire(a, user="alice", ip="1.1.1.1")
-    slots.acquire(a, user="alice", ip="1.1.1.1")  # idempotent per owner
-    slots.acquire(b, user="alice", ip="1.1.1.1")
-    with pytest.raises(LimitExceeded) as refused:
-        slots.acquire(c, user="alice", ip="2.2.2.2")
-    assert refused.value.code == "too_many_streams"
-    slots.acquire(c, user=None, ip="1.1.1.1")
-    with pytest.raises(LimitExceeded):
-        slots.acquire(d, user="bob", ip="1.1.1.1")
-    slots.release(a)
-    slots.release(a)  # safe to call twice
-    slots.acquire(d, user="bob", ip="1.1.1.1")
-    assert slots.count(user="alice") == 1
-    assert slots.count(ip="1.1.1.1") == 3
-    for owner in (b, c, d):
-        slots.release(owner)
-    assert len(slots) == 0
-    assert slots.count(user="alice") == 0
-    assert slots._by_user == {}
-    assert slots._by_ip == {}
-
-
-def test_limits_bundle_checks_connects_and_publishes() -> None:
-    clock = FakeClock()
-    limits = Limits(connect_rate=1, publish_rate=1, streams_per_user=1, clock=clock)
-    limits.check_connect("1.1.1.1")
-    with pytest.raises(LimitExceeded):
-        limits.check_connect("1.1.1.1")
-    limits.check_publish("user:alice")
-    with pytest.raises(LimitExceeded):
-        limits.check_publish("user:alice")
-    limits.check_publish("user:bob")
-    assert limits.streams.per_user == 1

@@ -103,7 +103,8 @@ async def test_bodies_are_optional_where_every_field_is(http: httpx.AsyncClient)
     assert cancelled["status"] == "cancelled"
 
 
-async def test_list_is_newest_first_with_a_status_filter(http: httpx.AsyncClient) -> None:
+async def test_list_is_newest_first_with_a_status_filter(own_http: httpx.AsyncClient) -> None:
+    http = own_http  # the list holds every task of the hub
     first = await create(http)
     second = await create(http)
     await ok(await http.post(f"/tasks/{first['task_id']}/fail", json={"error": "boom"}))
@@ -166,9 +167,10 @@ async def test_huge_counts_never_make_progress_null(http: httpx.AsyncClient) -> 
 
 
 async def test_task_values_nested_too_deep_get_the_same_422_at_every_depth(
-    http: httpx.AsyncClient,
+    own_http: httpx.AsyncClient,
 ) -> None:
     """Audit item 6, for task values: one answer past the limit, naming the field."""
+    http = own_http  # the list holds every task of the hub
     task_id = (await create(http))["task_id"]
     for depth in (129, 255, 1000, 1100, 5000):
         deep = b"[" * depth + b"]" * depth
@@ -218,9 +220,9 @@ async def test_unknown_tasks_are_404(http: httpx.AsyncClient) -> None:
         assert error_code(response) == "task_not_found"
 
 
-async def test_a_taken_task_id_is_a_409(http: httpx.AsyncClient) -> None:
-    await create(http, task_id="job-7")
-    response = await http.post("/tasks", json={"task_id": "job-7"})
+async def test_a_taken_task_id_is_a_409(http: httpx.AsyncClient, uid: str) -> None:
+    await create(http, task_id=f"job-{uid}")
+    response = await http.post("/tasks", json={"task_id": f"job-{uid}"})
     assert response.status_code == 409
     assert error_code(response) == "task_exists"
 
@@ -374,7 +376,7 @@ async def test_concurrent_progress_updates_all_succeed(http: httpx.AsyncClient) 
 
 @pytest.fixture
 async def auth_server(server_factory: ServerFactory) -> ServerProcess:
-    return server_factory("--jwt-secret", SECRET)
+    return await server_factory.start("--jwt-secret", SECRET)
 
 
 @pytest.fixture
@@ -422,7 +424,7 @@ async def test_publish_refuses_forged_task_events(anon: httpx.AsyncClient) -> No
 async def test_a_server_restart_keeps_tasks_and_streams_resume(
     server_factory: ServerFactory, tmp_path: Path
 ) -> None:
-    server = server_factory("--store", f"sqlite:///{tmp_path / 'tasks.db'}")
+    server = await server_factory.start("--store", f"sqlite:///{tmp_path / 'tasks.db'}")
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
         task = await create(http, total=4, title="survivor")
         base = f"/tasks/{task['task_id']}"

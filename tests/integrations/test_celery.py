@@ -29,7 +29,7 @@ from tidings.client import Publisher
 from tidings.integrations.celery import CELERY_STATES, TidingsTask, enqueue, tidings_status
 from tidings.wire import ServerSentEvent
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 #: Bound on a whole run: worker start-up plus the task.
 RUN_TIMEOUT = 60.0
@@ -130,7 +130,7 @@ def _sequences(events: list[ServerSentEvent]) -> list[int]:
 async def test_converting_task_streams_file_updates_then_completes_with_its_result(
     server_factory: ServerFactory, celery_app: Celery, start_worker: StartWorker
 ) -> None:
-    hub = server_factory()
+    hub = await server_factory.start()
     with Publisher(hub.url) as pub:
         result = enqueue(tasks.convert_images, (4, 0.01), publisher=pub, total=4)
     task_id = str(result.id)
@@ -166,7 +166,7 @@ async def test_converting_task_streams_file_updates_then_completes_with_its_resu
 async def test_failing_task_stream_ends_with_task_failed_and_the_exception_message(
     server_factory: ServerFactory, celery_app: Celery, start_worker: StartWorker
 ) -> None:
-    hub = server_factory()
+    hub = await server_factory.start()
     with Publisher(hub.url) as pub:
         task_id = str(enqueue(tasks.convert_corrupt, (3,), publisher=pub).id)
     async with (
@@ -197,7 +197,7 @@ async def test_failing_task_stream_ends_with_task_failed_and_the_exception_messa
 async def test_plain_task_is_reported_by_the_signal_handlers(
     server_factory: ServerFactory, celery_app: Celery, start_worker: StartWorker
 ) -> None:
-    hub = server_factory()
+    hub = await server_factory.start()
     with Publisher(hub.url) as pub:
         task_id = str(enqueue(tasks.build_report, (7,), publisher=pub).id)
     async with (
@@ -216,7 +216,7 @@ async def test_plain_task_is_reported_by_the_signal_handlers(
 async def test_task_that_expires_in_the_queue_is_cancelled(
     server_factory: ServerFactory, celery_app: Celery, start_worker: StartWorker
 ) -> None:
-    hub = server_factory()
+    hub = await server_factory.start()
     expired = datetime.now(UTC) - timedelta(minutes=1)
     with Publisher(hub.url) as pub:
         task_id = str(enqueue(tasks.convert_images, (2,), publisher=pub, expires=expired).id)
@@ -235,7 +235,7 @@ async def test_task_that_expires_in_the_queue_is_cancelled(
 async def test_retried_task_stays_running_then_completes_on_its_next_attempt(
     server_factory: ServerFactory, celery_app: Celery, start_worker: StartWorker
 ) -> None:
-    hub = server_factory()
+    hub = await server_factory.start()
     with Publisher(hub.url) as pub:
         task_id = str(enqueue(tasks.fetch_thumbnails, publisher=pub).id)
     async with (

@@ -10,7 +10,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import ServerFactory, ServerProcess, open_sse, wait_for
+from tests.conftest import ServerFactory, ServerProcess, get_stats, open_sse, until
 from tidings.wire import EventParser
 
 
@@ -42,12 +42,12 @@ async def test_stream_headers_and_opening_bytes(http: httpx.AsyncClient) -> None
 
 
 async def test_resumed_stream_still_opens_with_retry_then_replays(
-    http: httpx.AsyncClient,
+    http: httpx.AsyncClient, uid: str
 ) -> None:
-    first = await publish(http, "t", 1)
-    second = await publish(http, "t", 2)
+    first = await publish(http, uid, 1)
+    second = await publish(http, uid, 2)
     headers = {"Last-Event-ID": first}
-    async with http.stream("GET", "/events", params=params("t"), headers=headers) as response:
+    async with http.stream("GET", "/events", params=params(uid), headers=headers) as response:
         parser = EventParser()
         received = b""
         events = []
@@ -86,25 +86,24 @@ async def test_message_type_omits_event_line(http: httpx.AsyncClient) -> None:
 
 
 async def test_resume_replays_each_missed_event_once_across_topics(
-    http: httpx.AsyncClient,
+    http: httpx.AsyncClient, uid: str
 ) -> None:
-    async with open_sse(http, params=params("room/a", "room/b")) as stream:
-        await publish(http, "room/a", 1)
-        await publish(http, "room/b", 2)
+    a, b, c = (f"{uid}/a", f"{uid}/b", f"{uid}/c")
+    async with open_sse(http, params=params(a, b)) as stream:
+        await publish(http, a, 1)
+        await publish(http, b, 2)
         seen = await stream.take(2)
     last = seen[-1].id
     missed = [
-        await publish(http, "room/a", 3),
-        await publish(http, "room/c", "not subscribed"),
-        await publish(http, "room/b", 4),
-        await publish(http, "room/a", 5),
+        await publish(http, a, 3),
+        await publish(http, c, "not subscribed"),
+        await publish(http, b, 4),
+        await publish(http, a, 5),
     ]
     expected = [missed[0], missed[2], missed[3]]
-    async with open_sse(
-        http, params=params("room/a", "room/b"), headers={"Last-Event-ID": last}
-    ) as stream:
+    async with open_sse(http, params=params(a, b), headers={"Last-Event-ID": last}) as stream:
         replayed = await stream.take(3)
-        live_id = await publish(http, "room/b", 6)
+        live_id = await publish(http, b, 6)
         live = await stream.next()
     assert [e.id for e in replayed] == expected
     assert [orjson.loads(e.data) for e in replayed] == [3, 4, 5]
@@ -112,27 +111,27 @@ async def test_resume_replays_each_missed_event_once_across_topics(
     assert not stream.pending
 
 
-async def test_resume_from_query_parameter_after_reload(http: httpx.AsyncClient) -> None:
-    first = await publish(http, "news", "a")
-    second = await publish(http, "news", "b")
-    async with open_sse(http, params=params("news", last_event_id=first)) as stream:
+async def test_resume_from_query_parameter_after_reload(http: httpx.AsyncClient, uid: str) -> None:
+    first = await publish(http, uid, "a")
+    second = await publish(http, uid, "b")
+    async with open_sse(http, params=params(uid, last_event_id=first)) as stream:
         event = await stream.next()
     assert event.id == second
 
 
-async def test_wildcard_subscription_resumes_exactly(http: httpx.AsyncClient) -> None:
-    start = await publish(http, "users/7/inbox", 0)
-    ids = [await publish(http, f"users/7/{box}", i) for i, box in enumerate(["inbox", "alerts"])]
-    await publish(http, "users/8/inbox", "other user")
+async def test_wildcard_subscription_resumes_exactly(http: httpx.AsyncClient, uid: str) -> None:
+    start = await publish(http, f"{uid}/7/inbox", 0)
+    ids = [await publish(http, f"{uid}/7/{box}", i) for i, box in enumerate(["inbox", "alerts"])]
+    await publish(http, f"{uid}/8/inbox", "other user")
     async with open_sse(
-        http, params=params("users/7/**"), headers={"Last-Event-ID": start}
+        http, params=params(f"{uid}/7/**"), headers={"Last-Event-ID": start}
     ) as stream:
         events = await stream.take(2)
     assert [e.id for e in events] == ids
 
 
 async def test_old_id_yields_gap_then_live(server_factory: ServerFactory) -> None:
-    server = server_factory("--history-size", "2")
+    server = await server_factory.start("--history-size", "2")
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
         old = await publish(http, "t", 1)
         for i in range(3):
@@ -148,9 +147,11 @@ async def test_old_id_yields_gap_then_live(server_factory: ServerFactory) -> Non
 
 
 @pytest.mark.parametrize("bad_id", ["nonsense", "abc-12", "deadbeef-99999999"])
-async def test_unknown_id_yields_gap_unknown(http: httpx.AsyncClient, bad_id: str) -> None:
-    newest = await publish(http, "t", 1)
-    async with open_sse(http, params=params("t"), headers={"Last-Event-ID": bad_id}) as stream:
+async def test_unknown_id_yields_gap_unknown(
+    http: httpx.AsyncClient, bad_id: str, uid: str
+) -> None:
+    newest = await publish(http, uid, 1)
+    async with open_sse(http, params=params(uid), headers={"Last-Event-ID": bad_id}) as stream:
         gap = await stream.next()
     assert gap.event == "gap"
     assert orjson.loads(gap.data) == {"last_event_id": bad_id, "reason": "unknown"}
@@ -274,7 +275,7 @@ async def test_data_nested_to_the_limit_is_published_intact(http: httpx.AsyncCli
 async def test_oversized_data_gets_413_and_publishes_nothing(
     server_factory: ServerFactory,
 ) -> None:
-    server = server_factory("--max-event-bytes", "1000")
+    server = await server_factory.start("--max-event-bytes", "1000")
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
         ok = await publish(http, "t", "x" * 900)
         response = await http.post("/publish", json={"topic": "t", "data": "x" * 1000})
@@ -291,11 +292,11 @@ async def test_oversized_data_gets_413_and_publishes_nothing(
     assert event.id == after
 
 
-async def test_idempotency_key_publishes_once(http: httpx.AsyncClient) -> None:
-    async with open_sse(http, params=params("orders")) as stream:
-        first = await publish(http, "orders", {"n": 1}, idempotency_key="order-1")
-        again = await publish(http, "orders", {"n": 1}, idempotency_key="order-1")
-        marker = await publish(http, "orders", "marker")
+async def test_idempotency_key_publishes_once(http: httpx.AsyncClient, uid: str) -> None:
+    async with open_sse(http, params=params(uid)) as stream:
+        first = await publish(http, uid, {"n": 1}, idempotency_key=f"order-{uid}")
+        again = await publish(http, uid, {"n": 1}, idempotency_key=f"order-{uid}")
+        marker = await publish(http, uid, "marker")
         events = await stream.take(2)
     assert again == first
     assert [e.id for e in events] == [first, marker]
@@ -319,7 +320,8 @@ async def test_keepalive_comment_after_silence(http: httpx.AsyncClient) -> None:
     assert ping == b": ping\n\n"
 
 
-async def test_stats_metrics_health_and_openapi(http: httpx.AsyncClient) -> None:
+async def test_stats_metrics_health_and_openapi(own_http: httpx.AsyncClient) -> None:
+    http = own_http  # the counters are checked from zero
     async with open_sse(http, params=params("chat/general", "users/1/**")) as stream:
         await publish(http, "chat/general", "hi")
         await stream.next()
@@ -364,7 +366,9 @@ def _rss_kib(pid: int) -> int:
 async def test_client_that_stops_reading_is_cut_and_others_keep_receiving(
     server_factory: ServerFactory,
 ) -> None:
-    server = server_factory("--queue-size", "50", "--queue-bytes", "65536", "--history-size", "10")
+    server = await server_factory.start(
+        "--queue-size", "50", "--queue-bytes", "65536", "--history-size", "10"
+    )
     assert server.proc is not None
     # A raw socket that subscribes, then never reads: the kernel buffers fill, then the
     # transport's, then its queue.
@@ -372,8 +376,12 @@ async def test_client_that_stops_reading_is_cut_and_others_keep_receiving(
     stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     stuck.connect(("127.0.0.1", server.port))
     stuck.sendall(b"GET /events?topic=firehose HTTP/1.1\r\nHost: x\r\n\r\n")
+
+    async def stuck_is_open() -> bool:
+        return bool((await get_stats(server.url))["connections"]["total"] == 1)
+
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
-        wait_for(lambda: httpx.get(server.url + "/stats").json()["connections"]["total"] == 1)
+        await until(stuck_is_open, what="the stuck stream to open")
         before = _rss_kib(server.proc.pid)
         payload = "x" * 8000
         async with open_sse(http, params=params("firehose")) as healthy:
@@ -398,7 +406,8 @@ async def test_client_that_stops_reading_is_cut_and_others_keep_receiving(
     assert after - before < 4 * 1024, (sent, after - before)
 
 
-async def test_sigterm_ends_streams_cleanly_and_exits_zero(server: ServerProcess) -> None:
+async def test_sigterm_ends_streams_cleanly_and_exits_zero(own_server: ServerProcess) -> None:
+    server = own_server
     async with (
         httpx.AsyncClient(base_url=server.url, timeout=10) as http,
         open_sse(http, params=params("t")) as stream,
@@ -415,12 +424,16 @@ async def test_sigterm_ends_streams_cleanly_and_exits_zero(server: ServerProcess
 async def test_sigterm_exits_within_grace_even_with_a_stuck_client(
     server_factory: ServerFactory,
 ) -> None:
-    server = server_factory("--shutdown-grace", "2", "--queue-bytes", "1048576")
+    server = await server_factory.start("--shutdown-grace", "2", "--queue-bytes", "1048576")
     stuck = socket.create_connection(("127.0.0.1", server.port))
     stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     stuck.sendall(b"GET /events?topic=t HTTP/1.1\r\nHost: x\r\n\r\n")
+
+    async def stuck_is_open() -> bool:
+        return bool((await get_stats(server.url))["connections"]["total"] == 1)
+
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
-        wait_for(lambda: httpx.get(server.url + "/stats").json()["connections"]["total"] == 1)
+        await until(stuck_is_open, what="the stuck stream to open")
         for i in range(40):
             await publish(http, "t", {"i": i, "pad": "x" * 8000})
     server.signal(signal.SIGTERM)

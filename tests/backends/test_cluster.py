@@ -37,16 +37,17 @@ from tests.conftest import (
 MakeProxy = Callable[[int], Awaitable[TcpProxy]]
 
 
-@pytest.fixture
-def start_nodes(
-    server_factory: ServerFactory, redis_url: str
-) -> Callable[..., list[ServerProcess]]:
-    """``start_nodes(n, *flags)``: ``n`` servers sharing the tests' Redis."""
+StartNodes = Callable[..., Awaitable[list[ServerProcess]]]
 
-    def start(count: int, *flags: str) -> list[ServerProcess]:
-        return [
-            server_factory("--backend", redis_url, "--keepalive", "1", *flags) for _ in range(count)
-        ]
+
+@pytest.fixture
+def start_nodes(server_factory: ServerFactory, redis_url: str) -> StartNodes:
+    """``await start_nodes(n, *flags)``: ``n`` servers sharing the tests' Redis, started
+    side by side."""
+
+    async def start(count: int, *flags: str) -> list[ServerProcess]:
+        args = ("--backend", redis_url, "--keepalive", "1", *flags)
+        return list(await asyncio.gather(*(server_factory.start(*args) for _ in range(count))))
 
     return start
 
@@ -107,9 +108,9 @@ async def stream(
 
 
 async def test_a_publish_on_one_node_reaches_subscribers_on_every_node_once(
-    start_nodes: Callable[..., list[ServerProcess]], http: httpx.AsyncClient
+    start_nodes: StartNodes, http: httpx.AsyncClient
 ) -> None:
-    a, b, c = start_nodes(3)
+    a, b, c = await start_nodes(3)
     async with stream(http, a.url) as on_a, stream(http, c.url) as on_c:
         ids = [await publish(http, b, i) for i in range(5)]
         for reader in (on_a, on_c):
@@ -122,11 +123,11 @@ async def test_a_publish_on_one_node_reaches_subscribers_on_every_node_once(
 
 
 async def test_a_client_switching_node_mid_stream_resumes_without_loss_or_duplicate(
-    start_nodes: Callable[..., list[ServerProcess]],
+    start_nodes: StartNodes,
     http: httpx.AsyncClient,
     tcp_proxy: MakeProxy,
 ) -> None:
-    a, b = start_nodes(2)
+    a, b = await start_nodes(2)
     balancer = await tcp_proxy(a.port)
     received: list[Any] = []
     last_id = ""
@@ -149,11 +150,11 @@ async def test_a_client_switching_node_mid_stream_resumes_without_loss_or_duplic
 
 
 async def test_a_redis_restart_keeps_streams_open_and_refuses_publishes_until_it_is_back(
-    start_nodes: Callable[..., list[ServerProcess]],
+    start_nodes: StartNodes,
     http: httpx.AsyncClient,
     redis_server: RedisServer,
 ) -> None:
-    a, b = start_nodes(2)
+    a, b = await start_nodes(2)
     async with stream(http, a.url) as on_a:
         before = await publish(http, b, "before")
         assert (await on_a.next()).id == before
@@ -200,11 +201,11 @@ async def test_a_redis_restart_keeps_streams_open_and_refuses_publishes_until_it
 
 
 async def test_clients_of_a_killed_node_resume_exactly_on_another(
-    start_nodes: Callable[..., list[ServerProcess]],
+    start_nodes: StartNodes,
     http: httpx.AsyncClient,
     tcp_proxy: MakeProxy,
 ) -> None:
-    a, b = start_nodes(2)
+    a, b = await start_nodes(2)
     balancer = await tcp_proxy(a.port)
     received: list[str] = []
     acknowledged: list[str] = []
@@ -232,7 +233,9 @@ async def test_serve_with_two_workers_shares_the_backend(
     server_factory: ServerFactory, redis_url: str, http: httpx.AsyncClient
 ) -> None:
     # Tasks in Redis too: a memory store would be one per worker (refused with --workers).
-    server = server_factory("--workers", "2", "--backend", redis_url, "--store", "redis")
+    server = await server_factory.start(
+        "--workers", "2", "--backend", redis_url, "--store", "redis"
+    )
     async with contextlib.AsyncExitStack() as stack:
         # Several streams: the kernel spreads them over both workers.
         readers = [await stack.enter_async_context(stream(http, server.url)) for _ in range(6)]
@@ -245,7 +248,7 @@ async def test_serve_with_two_workers_shares_the_backend(
 
 # -- the deployment recipe (docs/deployment.md) ----------------------------------------------
 
-DEPLOYMENT_DOC = Path(__file__).resolve().parent.parent / "docs" / "deployment.md"
+DEPLOYMENT_DOC = Path(__file__).resolve().parents[2] / "docs" / "deployment.md"
 
 
 def nginx_snippet() -> str:
@@ -314,11 +317,11 @@ def nginx(tmp_path: Path) -> Iterator[Callable[[list[ServerProcess]], str]]:
 
 
 async def test_the_documented_nginx_recipe_streams_unbuffered_and_fails_over(
-    start_nodes: Callable[..., list[ServerProcess]],
+    start_nodes: StartNodes,
     http: httpx.AsyncClient,
     nginx: Callable[[list[ServerProcess]], str],
 ) -> None:
-    nodes = start_nodes(2)
+    nodes = await start_nodes(2)
     proxy = nginx(nodes)
     received: list[str] = []
     async with stream(http, proxy) as reader:

@@ -24,7 +24,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from tests._security import (
+from tests.conftest import ServerFactory, ServerProcess, free_port, run_tidings, wait_for
+from tests.web._security import (
     SECRET,
     admin_stats,
     bearer,
@@ -35,11 +36,8 @@ from tests._security import (
     token,
     topics,
 )
-from tests.conftest import ServerFactory, ServerProcess, free_port, wait_for
-from tidings.auth.jwt import principal_from_claims
-from tidings.errors import NotAuthorized
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 # The shared servers of this module are not the place to test connection-rate limits.
 QUIET = ("--connect-rate-limit", "0", "--keepalive", "1")
 
@@ -219,32 +217,6 @@ async def test_a_date_no_timer_holds_is_invalid_and_no_error_is_logged(
     assert "OverflowError" not in log
 
 
-@pytest.mark.parametrize(
-    "dates",
-    [
-        {"exp": 10**400},
-        {"exp": float("inf")},
-        {"exp": 1e300},
-        {"exp": "2000000000"},
-        {"exp": True},
-        {"nbf": 10**400},
-        {"iat": float("nan")},
-    ],
-    ids=repr,
-)
-def test_principal_from_claims_refuses_dates_that_are_not_numbers_of_seconds(
-    dates: dict[str, Any],
-) -> None:
-    with pytest.raises(NotAuthorized) as refused:
-        principal_from_claims({"sub": "alice", **dates})
-    assert (refused.value.status, refused.value.code) == (401, "invalid_token")
-
-
-def test_principal_from_claims_keeps_a_real_expiry() -> None:
-    assert principal_from_claims({"sub": "a", "exp": 2_000_000_000}).expires_at == 2e9
-    assert principal_from_claims({"sub": "a", "exp": 2e9, "iat": 1, "nbf": 1.5}).expires_at == 2e9
-
-
 async def test_hs_rs_confusion_is_refused(
     rs_server: ServerProcess, rsa_key: rsa.RSAPrivateKey
 ) -> None:
@@ -310,7 +282,7 @@ async def test_token_is_read_from_header_and_cookie_but_not_the_query_by_default
 async def test_query_token_works_when_enabled_and_never_reaches_the_log(
     server_factory: ServerFactory,
 ) -> None:
-    server = server_factory("--jwt-secret", SECRET, "--allow-query-token")
+    server = await server_factory.start("--jwt-secret", SECRET, "--allow-query-token")
     tok = token("alice", subscribe=["chat/**"])
     encoded_name = "%74oken"  # the same parameter, percent-encoded
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
@@ -618,20 +590,8 @@ async def test_an_ended_stream_is_gone_from_the_hub(hs_server: ServerProcess) ->
 # -- the dev-token command --------------------------------------------------------------------
 
 
-def _tidings(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
-    return subprocess.run(
-        [sys.executable, "-m", "tidings", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**environment, **(env or {})},
-        check=False,
-    )
-
-
 async def test_tidings_token_mints_a_token_the_hub_accepts(hs_server: ServerProcess) -> None:
-    result = _tidings(
+    result = run_tidings(
         "token",
         "--sub",
         "alice",
@@ -649,7 +609,7 @@ async def test_tidings_token_mints_a_token_the_hub_accepts(hs_server: ServerProc
     assert decoded["sub"] == "alice"
     assert decoded["tidings"] == {"subscribe": ["chat/**"], "publish": ["x/**"], "admin": False}
     assert 3590 <= decoded["exp"] - decoded["iat"] <= 3600
-    admin = _tidings("token", "--sub", "ops", "--admin", "--jwt-secret", SECRET)
+    admin = run_tidings("token", "--sub", "ops", "--admin", "--jwt-secret", SECRET)
     assert admin.returncode == 0, admin.stderr
     async with httpx.AsyncClient(base_url=hs_server.url, timeout=10) as http:
         assert (await stream_status(http, topics("chat/a"), bearer(tok))).status_code == 200
@@ -657,30 +617,3 @@ async def test_tidings_token_mints_a_token_the_hub_accepts(hs_server: ServerProc
         assert published.status_code == 202
         stats = await http.get("/stats", headers=bearer(admin.stdout.strip()))
         assert stats.status_code == 200
-
-
-@pytest.mark.parametrize(
-    ("args", "env", "needle"),
-    [
-        (("--sub", "alice"), {}, "TIDINGS_JWT_SECRET"),
-        (("--sub", "alice", "--jwt-secret", "short"), {}, "--jwt-secret"),
-        (("--sub", "alice", "--ttl", "soon"), {"TIDINGS_JWT_SECRET": SECRET}, "--ttl"),
-        (("--sub", "alice", "--subscribe", "a b"), {"TIDINGS_JWT_SECRET": SECRET}, "'a b'"),
-        (("--sub", ""), {"TIDINGS_JWT_SECRET": SECRET}, "--sub"),
-        (("--sub", "alice", "--ttl", "1e300"), {"TIDINGS_JWT_SECRET": SECRET}, "--ttl"),
-        (("--sub", "alice", "--ttl", "inf"), {"TIDINGS_JWT_SECRET": SECRET}, "--ttl"),
-        (("--sub", "alice", "--ttl", "3651d"), {"TIDINGS_JWT_SECRET": SECRET}, "--ttl"),
-        (("--sub", "alice", "--audience", ""), {"TIDINGS_JWT_SECRET": SECRET}, "--audience"),
-        (("--sub", "alice"), {"TIDINGS_JWT_SECRET": SECRET, "TIDINGS_JWT_ISSUER": ""}, "--issuer"),
-    ],
-)
-def test_tidings_token_errors_are_one_line(
-    args: tuple[str, ...], env: dict[str, str], needle: str
-) -> None:
-    result = _tidings("token", *args, env=env)
-    assert result.returncode == 2
-    assert result.stdout == ""
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("tidings: ")
-    assert needle in lines[0]

@@ -1,7 +1,7 @@
 """``hub.tasks``: lifecycle, events, task streams, ownership and clean-up, in process.
 
 Streams are read through the connection's own consumer API (``next_chunk``), the bytes the
-web layer would send; HTTP behaviour is in ``test_tasks_http.py``.
+web layer would send; HTTP behaviour is in ``tests/web/test_tasks_http.py``.
 """
 
 from __future__ import annotations

@@ -29,8 +29,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests._security import expect_error, open_stream, running_server, stream_status, topics
 from tests.conftest import ServerProcess
+from tests.web._security import expect_error, open_stream, running_server, stream_status, topics
 from tidings.auth.principal import Principal
 from tidings.errors import InvalidEvent, InvalidTopic
 from tidings.events import Event, EventId, make_draft
@@ -190,7 +190,7 @@ def test_api_answers_every_generated_request_without_5xx_and_per_its_schema(
     """schemathesis, valid and invalid requests, every JSON operation of ``/openapi.json``.
 
     Streams are left out: they never end by themselves, so a request/response fuzzer would
-    wait forever; this file and ``tests/test_http_events.py`` cover them over sockets.
+    wait forever; this file and ``tests/web/test_http_events.py`` cover them over sockets.
     (The loop replaces ``schemathesis.pytest.from_fixture``, which does not run under
     pytest 9.)
     """
