@@ -55,7 +55,7 @@ import redis.asyncio
 
 from tidings.client.transport import Call, Operation
 from tidings.config import Settings
-from tidings.errors import InvalidEvent, NotAuthorized
+from tidings.errors import InvalidEvent
 from tidings.events import Draft, dumps_json, make_draft
 from tidings.tasks.model import (
     Task,
@@ -79,7 +79,8 @@ from tidings.tasks.redis import (
     run_async,
     run_sync,
 )
-from tidings.tasks.service import event_draft
+from tidings.tasks.rules import event_draft
+from tidings.topics import check_publishable
 from tidings.types import JSON
 
 __all__ = ["AsyncRedisTransport", "RedisTransport", "open_async_transport", "open_transport"]
@@ -136,10 +137,7 @@ def _publish(plans: TaskPlans, body: Mapping[str, JSON], max_event_bytes: int) -
     topic = body.get("topic")
     if not isinstance(topic, str):
         raise InvalidEvent("topic must be a string", code="invalid_request")
-    if topic.startswith("tasks/"):
-        raise NotAuthorized(
-            "tasks/... topics are written by the task service only", code="reserved_topic"
-        )
+    check_publishable(topic)
     users = body.get("users")
     draft = make_draft(
         topic,

@@ -43,8 +43,8 @@ from typing import Protocol
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tidings.errors import InvalidTopic, TidingsError
-from tidings.topics import validate_topic
+from tidings.errors import InvalidTopic, NotAuthorized, TidingsError
+from tidings.topics import check_publishable, validate_topic
 from tidings.types import JSON, Priority
 
 __all__ = ["REQUEST_TYPES", "RequestEvents", "SupportsPublish"]
@@ -107,8 +107,11 @@ class RequestEvents:
         priority: Priority = "normal",
     ) -> None:
         validate_topic(topic)
-        if topic.startswith("tasks/"):
-            raise InvalidTopic("tasks/... topics are reserved for task events")
+        try:
+            check_publishable(topic)
+        except NotAuthorized as exc:
+            # A mistake in the application's code, found at start-up: a bad topic.
+            raise InvalidTopic(exc.message) from None
         self.app = app
         self.hub = hub
         self.topic = topic
