@@ -19,29 +19,21 @@ Decisions worth knowing before changing this file:
 - **A committed change is always published.** The update-then-append step runs shielded
   from the caller's cancellation (its task is owned by the service and awaited on close),
   so a client that disconnects mid-request cannot leave a change without its event. If
-  the backend refuses the event (Redis down), the change stands (the store is the truth)
-  and the maintenance loop publishes the task's current state as soon as it can; streams
-  never wait forever for a terminal event. (With a :class:`PublishingTaskStore` the change
-  and its event stand or fall together: Redis down, nothing changed, the caller gets
-  :class:`BackendUnavailable`.)
-- **One store write per change.** The id of a task's latest event is known only once its
-  event is appended, after the change is written. Writing it at once would make every
-  progress report two store writes (with SQLite, most of a report's cost), so the service
-  keeps it and the store gets it with the task's next change; a terminal event's id is
-  written at once, and ids still kept are written when the service closes. Every task this
-  service returns or streams carries its latest id. Other processes that share a SQLite
-  file see the id of the event before (with the memory backend their hubs do not hold this
-  hub's events anyway); a :class:`PublishingTaskStore` (Redis) writes change and id in
-  one step and keeps nothing here.
+  the backend refuses the event, the change stands and the event is published later
+  (:mod:`tidings.tasks.events`, which also keeps each task's latest event id until its next
+  change, so a progress report is one store write). With a :class:`PublishingTaskStore`
+  the change and its event stand or fall together: Redis down, nothing changed, the
+  caller gets :class:`BackendUnavailable`.
 - **Visibility.** A task may be changed by its owner, an admin, anyone when auth is off,
   and a principal allowed to publish on ``tasks/<id>`` (a worker's token); it may be read
   and streamed by those and by a principal allowed to subscribe to ``tasks/<id>``. Anyone
   else gets :class:`TaskNotFound`, exactly as for a missing task, so ids don't leak.
   ``principal=None`` means trusted application code: no check.
-- **Clean-up.** The maintenance loop (started by :meth:`TaskService.start`, cancelled by
-  :meth:`TaskService.aclose`) purges tasks finished more than ``task_retention`` seconds
-  ago, and unfinished ones not updated for that long (abandoned by a dead worker), and
-  publishes ``task_deleted`` for each, so open streams end with a clear event.
+- **Clean-up.** The maintenance loop (:mod:`tidings.tasks.maintenance`, started by
+  :meth:`TaskService.start`, cancelled by :meth:`TaskService.aclose`) purges tasks finished
+  more than ``task_retention`` seconds ago, and unfinished ones not updated for that long
+  (abandoned by a dead worker), and publishes ``task_deleted`` for each, so open streams
+  end with a clear event.
 """
 
 from __future__ import annotations
@@ -56,18 +48,16 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Final
 
 from tidings.auth.principal import Principal
-from tidings.config import Settings
 from tidings.engine import Connection, Engine
 from tidings.errors import (
-    BackendUnavailable,
-    ConfigError,
     InvalidEvent,
     ShuttingDown,
     TaskNotFound,
 )
 from tidings.events import Draft, dumps_json
+from tidings.tasks.events import TaskEvents
 from tidings.tasks.locks import TaskLocks
-from tidings.tasks.memory import MemoryTaskStore
+from tidings.tasks.maintenance import maintain_forever
 from tidings.tasks.model import (
     TASK_STATUSES,
     Number,
@@ -78,16 +68,14 @@ from tidings.tasks.model import (
     apply_fail,
     apply_file,
     apply_progress,
-    deleted_event,
     file_event,
     new_task,
     progress_event,
-    record_event_id,
     terminal_event,
 )
 from tidings.tasks.rules import check_lookup_id, event_draft, may_change, may_read
-from tidings.tasks.sqlite import SQLiteTaskStore
 from tidings.tasks.store import Mutation, PublishingTaskStore, TaskStore
+from tidings.tasks.stores import open_store
 from tidings.tasks.streams import TaskStreams
 from tidings.types import JSON
 
@@ -104,36 +92,6 @@ logger = logging.getLogger("tidings.tasks")
 
 #: Most tasks one ``list`` returns.
 MAX_LIST_LIMIT: Final = 1000
-#: Seconds between maintenance steps (re-publishing refused events); purges run less often.
-_MAINTENANCE_INTERVAL: Final = 1.0
-
-
-def open_store(settings: Settings) -> TaskStore:
-    """The task store named by ``settings.store`` (not started yet).
-
-    ``memory`` → :class:`MemoryTaskStore`; ``sqlite:///path`` → :class:`SQLiteTaskStore`;
-    ``redis`` → the Redis store on the backend's Redis (its client is imported only then).
-
-    Raises:
-        ConfigError: an unknown store, or ``redis`` without the Redis client installed.
-    """
-    url = settings.store
-    if url in ("memory", "memory://"):
-        return MemoryTaskStore()
-    if url.startswith("sqlite:///"):
-        return SQLiteTaskStore.from_url(url)
-    if url == "redis" or url.startswith(("redis://", "rediss://")):
-        try:
-            from tidings.tasks.redis import open_store as open_redis_store
-        except ImportError as exc:
-            raise ConfigError(
-                f"--store redis needs the Redis client ({exc.name} is not installed): "
-                "pip install 'tidings[redis]'"
-            ) from None
-        return open_redis_store(settings)
-    raise ConfigError(
-        f"invalid --store / TIDINGS_STORE: expected 'sqlite:///path' or 'memory' (got {url!r})"
-    )
 
 
 class TaskService:
@@ -165,9 +123,7 @@ class TaskService:
         self._streams = TaskStreams(engine, self)
         self._maintainer: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[Any]] = set()
-        self._unpublished: set[str] = set()
-        #: Task id -> the id of its latest event, not yet in the store (see the module).
-        self._latest_ids: dict[str, str] = {}
+        self._events = TaskEvents(engine, self)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -185,7 +141,13 @@ class TaskService:
         self._store = store
         self._publishing = store if isinstance(store, PublishingTaskStore) else None
         self._maintainer = asyncio.create_task(
-            self._maintain_forever(), name="tidings-task-maintenance"
+            maintain_forever(
+                pending=lambda: self._events.pending,
+                republish=self._events.republish,
+                purge=self.purge_expired,
+                retention=self._engine.settings.task_retention,
+            ),
+            name="tidings-task-maintenance",
         )
 
     async def aclose(self) -> None:
@@ -197,7 +159,7 @@ class TaskService:
             self._maintainer = None
         if self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)
-        await self._write_latest_ids()
+        await self._events.write_latest_ids()
         store, self._store = self._store, None
         self._publishing = None
         if store is not None:
@@ -313,7 +275,9 @@ class TaskService:
                     self._engine.note_published()
                     return inserted
                 created = await store.insert(task)
-                return await self._publish(created, self.draft(created, progress_event(created)))
+                return await self._events.publish(
+                    created, self.draft(created, progress_event(created))
+                )
 
         return await self._shielded(apply())
 
@@ -454,8 +418,8 @@ class TaskService:
         async def apply() -> Task:
             async with self._locks.hold(task_id):
                 gone = self.current(await store.delete(task.task_id))
-                self._latest_ids.pop(task.task_id, None)
-                await self._announce_deleted(gone, reason)
+                self._events.forget(task.task_id)
+                await self._events.announce_deleted(gone, reason)
                 return gone
 
         return await self._shielded(apply())
@@ -470,9 +434,9 @@ class TaskService:
         before = now - self._engine.settings.task_retention
         gone = [self.current(task) for task in await self.store.purge(before)]
         for task in gone:
-            self._latest_ids.pop(task.task_id, None)
+            self._events.forget(task.task_id)
             async with self._locks.hold(task.task_id):
-                await self._announce_deleted(task, "expired")
+                await self._events.announce_deleted(task, "expired")
         if gone:
             logger.info("purged %d expired tasks", len(gone))
         return len(gone)
@@ -514,8 +478,7 @@ class TaskService:
 
     def current(self, task: Task) -> Task:
         """``task`` (read from the store) with its latest event id."""
-        latest = self._latest_ids.get(task.task_id)
-        return task if latest is None else record_event_id(task, latest)
+        return self._events.current(task)
 
     def draft(self, task: Task, item: TaskEvent) -> Draft:
         """The draft of one of ``task``'s events, as this service publishes it."""
@@ -557,8 +520,8 @@ class TaskService:
                 task = await store.update(task_id, mutate)
                 # The draft made in ``mutate`` is the event of the task it returned.
                 if drafted and drafted[-1][0] is task:
-                    return await self._publish(task, drafted[-1][1])
-                return await self._publish(task, self.draft(task, event(task)))
+                    return await self._events.publish(task, drafted[-1][1])
+                return await self._events.publish(task, self.draft(task, event(task)))
 
         return await self._shielded(apply())
 
@@ -576,113 +539,8 @@ class TaskService:
             # refused change, e.g. TaskFinished, needs no report; the caller is gone).
             job.exception()
 
-    async def _publish(self, task: Task, draft: Draft) -> Task:
-        """Append ``draft`` (an event of ``task``) and record its id (called under the
-        task's lock)."""
-        try:
-            appended = await self._engine.append(draft)
-        except (BackendUnavailable, ShuttingDown) as exc:
-            self._unpublished.add(task.task_id)
-            logger.warning(
-                "task %s: %s not published (%s); will publish the task's state later",
-                task.task_id,
-                draft.type,
-                exc.message,
-            )
-            return task
-        return await self._record(task, appended.id)
-
-    async def _record(self, task: Task, event_id: str) -> Task:
-        """``task`` with ``event_id`` as its latest event id: kept until the task's next
-        change writes it, or written now when the task is finished (see the module)."""
-        if not task.terminal:
-            self._latest_ids[task.task_id] = event_id
-            return record_event_id(task, event_id)
-        self._latest_ids.pop(task.task_id, None)
-        try:
-            return await self.store.update(task.task_id, lambda t: record_event_id(t, event_id))
-        except TaskNotFound:
-            return record_event_id(task, event_id)
-        except BackendUnavailable:
-            logger.warning("task %s: could not record event id %s", task.task_id, event_id)
-            return record_event_id(task, event_id)
-
-    async def _write_latest_ids(self) -> None:
-        """Write the ids still kept (the service is closing)."""
-        latest, self._latest_ids = self._latest_ids, {}
-        for task_id, event_id in latest.items():
-            with contextlib.suppress(TaskNotFound, BackendUnavailable):
-                await self.store.update(task_id, lambda t, i=event_id: record_event_id(t, i))  # type: ignore[misc]
-
-    async def _announce_deleted(self, task: Task, reason: str) -> None:
-        self._unpublished.discard(task.task_id)
-        try:
-            await self._engine.append(self.draft(task, deleted_event(task, reason)))
-        except (BackendUnavailable, ShuttingDown) as exc:
-            logger.warning("task %s: task_deleted not published (%s)", task.task_id, exc.message)
-
     def _check_json(self, value: JSON, name: str) -> None:
         size = len(dumps_json(value, name))
         limit = self._engine.settings.max_event_bytes
         if size > limit:
             raise InvalidEvent(f"{name} is {size} bytes as JSON; the limit is {limit}")
-
-    async def _republish(self) -> None:
-        """Publish the current state of tasks whose event the backend refused."""
-        store = self.store
-        for task_id in list(self._unpublished):
-            async with self._locks.hold(task_id):
-                if task_id not in self._unpublished:
-                    continue
-                try:
-                    task = self.current(await store.get(task_id))
-                except TaskNotFound:
-                    self._unpublished.discard(task_id)
-                    continue
-                item = terminal_event(task) if task.terminal else progress_event(task)
-                try:
-                    appended = await self._engine.append(self.draft(task, item))
-                except (BackendUnavailable, ShuttingDown):
-                    return  # still down; next round
-                self._unpublished.discard(task_id)
-                await self._record(task, appended.id)
-
-    async def _maintain_forever(self) -> None:
-        """Republish refused events and purge expired tasks, until cancelled.
-
-        A store that cannot be reached (Redis down) is an outage, not a bug: one warning
-        when it starts and one line when it ends, as the Redis backend logs its link, and
-        no traceback. Anything else is logged with its traceback and retried.
-        """
-        retention = self._engine.settings.task_retention
-        purge_every = min(60.0, max(_MAINTENANCE_INTERVAL, retention / 10))
-        next_purge = time.monotonic() + _MAINTENANCE_INTERVAL
-        down_since: float | None = None
-        while True:
-            await asyncio.sleep(_MAINTENANCE_INTERVAL)
-            try:
-                if self._unpublished:
-                    await self._republish()
-                if time.monotonic() >= next_purge:
-                    next_purge = time.monotonic() + purge_every
-                    await self.purge_expired()
-            except asyncio.CancelledError:
-                raise
-            except BackendUnavailable as exc:
-                if down_since is None:
-                    down_since = time.monotonic()
-                    logger.warning(
-                        "task store is unreachable (%s); task maintenance paused, retrying",
-                        exc.__cause__ or exc.message,
-                    )
-                # Purge at the next step, not a minute later: its success ends the outage.
-                next_purge = time.monotonic()
-            except Exception:
-                logger.exception("task maintenance failed; retrying in %.0f s", purge_every)
-            else:
-                if down_since is not None:
-                    logger.warning(
-                        "task store is reachable again after %.1f s; task maintenance resumed",
-                        time.monotonic() - down_since,
-                    )
-                    down_since = None
