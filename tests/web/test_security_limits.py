@@ -15,7 +15,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import ServerFactory, wait_for
+from tests.conftest import ServerFactory, until
 from tests.web._security import (
     SECRET,
     admin_stats,
@@ -60,13 +60,13 @@ async def test_streams_per_user_are_capped_and_a_closed_stream_frees_its_slot_at
             retry_after(refused)
             # Another user is not affected.
             assert (await stream_status(http, topics("chat/c"), bob)).status_code == 200
+
         # One of alice's streams closed: as soon as the hub has seen it go, the slot
         # is free (no timeout, no sweep).
-        wait_for(
-            lambda: admin_stats(server)["connections"]["by_user"].get("alice") == 1,
-            10,
-            "the hub to see the stream close",
-        )
+        async def one_left() -> bool:
+            return bool((await admin_stats(server))["connections"]["by_user"].get("alice") == 1)
+
+        await until(one_left, 10, "the hub to see the stream close")
         async with open_stream(http, topics("chat/d"), alice):
             third = await stream_status(http, topics("chat/e"), alice)
             expect_error(third, 429, "too_many_streams")
@@ -84,7 +84,7 @@ async def test_streams_per_ip_are_capped_and_other_addresses_are_served(
             async with open_stream(other, topics("a")) as stream:
                 published = await other.post("/publish", json={"topic": "a", "data": 1})
                 assert (await stream.next()).id == published.json()["id"]
-        wait_connections(server, 0, auth=False)
+        await wait_connections(server, 0, auth=False)
         assert (await stream_status(crowded, topics("c"))).status_code == 200
 
 
