@@ -95,9 +95,11 @@ docs: $(TEST_STAMP)
 LOCK_ARGS ?=
 COMPILE := $(UV) pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes \
 	--custom-compile-command 'make lock' --quiet $(LOCK_ARGS)
+# The test lock is resolved first and constrains the others, so `make run` installs the very
+# releases the tests ran on.
 lock: | $(VENV)/.uv-$(UV_VERSION)
-	$(COMPILE) -o $(RUN_LOCK)
-	$(COMPILE) --extra test --extra docs -c $(RUN_LOCK) -o $(TEST_LOCK)
+	$(COMPILE) --extra test --extra docs -o $(TEST_LOCK)
+	$(COMPILE) -c $(TEST_LOCK) -o $(RUN_LOCK)
 	$(COMPILE) --extra test --extra docs --extra bench -c $(TEST_LOCK) -o $(BENCH_LOCK)
 
 ## test-latest: `make test` in .venv-latest, on the newest releases pyproject allows

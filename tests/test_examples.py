@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 import httpx
 import orjson
 
-from tests.conftest import free_port, open_sse, wait_for
+from tests.conftest import free_port, open_sse, until
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -29,14 +30,15 @@ async def test_fastapi_embedded_example_publishes_from_app_code(tmp_path: Path) 
         )
     try:
 
-        def up() -> bool:
+        async def up() -> bool:
             assert proc.poll() is None, log.read_text()
             try:
-                return httpx.get(url + "/sse/healthz", timeout=1).status_code == 200
+                async with httpx.AsyncClient(timeout=1) as client:
+                    return (await client.get(url + "/sse/healthz")).status_code == 200
             except httpx.HTTPError:
                 return False
 
-        wait_for(up, 20, "the example app")
+        await until(up, 20, "the example app")
         async with (
             httpx.AsyncClient(base_url=url, timeout=10) as http,
             open_sse(
@@ -53,7 +55,7 @@ async def test_fastapi_embedded_example_publishes_from_app_code(tmp_path: Path) 
             proc.send_signal(signal.SIGTERM)
             assert await stream.until_end(timeout=15) == []
         # uvicorn.run re-raises SIGTERM after its graceful shutdown.
-        assert proc.wait(15) in (0, -signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 15) in (0, -signal.SIGTERM)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +26,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import free_port, wait_for
+from tests.conftest import free_port, until, wait_for
 from tidings.wire import EventParser, ServerSentEvent
 
 if TYPE_CHECKING:
@@ -71,6 +71,20 @@ class Example:
                 return False
 
         wait_for(up, timeout, f"{self.module} to answer {url}")
+
+    async def await_up(self, url: str, timeout: float = 30.0) -> None:
+        """:meth:`wait_up` for async tests: the wait does not block the event loop."""
+        async with httpx.AsyncClient(timeout=1) as client:
+
+            async def up() -> bool:
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"{self.module} exited early:\n{self.log()}")
+                try:
+                    return (await client.get(url)).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            await until(up, timeout, f"{self.module} to answer {url}")
 
     def terminate(self, timeout: float = 20.0) -> int:
         """SIGTERM, and the exit code."""
@@ -181,17 +195,6 @@ async def stream(
         yield Reader(response)
 
 
-async def eventually(
-    predicate: Callable[[], Awaitable[bool]], what: str, timeout: float = 10.0
-) -> None:
-    """Poll an async ``predicate`` until it is true; fail after ``timeout`` seconds."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 def data(event: ServerSentEvent) -> dict[str, Any]:
     value = orjson.loads(event.data)
     assert isinstance(value, dict)
@@ -261,7 +264,7 @@ async def test_flask_job_streams_to_its_owner_only_and_ends_with_the_job(flask_t
             tasks = (await alice.get("/api/tasks")).json()["tasks"]
             return [(t["id"], t["status"]) for t in tasks] == [(task_id, "completed")]
 
-        await eventually(recorded, "the app's record to say completed")
+        await until(recorded, what="the app's record to say completed")
 
 
 async def test_flask_streams_are_capped_per_user_and_end_when_the_job_is_cancelled(
@@ -361,7 +364,7 @@ async def test_notifications_reach_users_subscriptions_and_filters(
     example = start_example(
         "examples.notifications", env={"PORT": str(port), "TIDINGS_KEEPALIVE": "1"}
     )
-    example.wait_up(url + "/sse/healthz")
+    await example.await_up(url + "/sse/healthz")
     async with httpx.AsyncClient(base_url=url, timeout=10) as http:
         tokens = {
             user: (await http.post("/login", json={"user_id": user})).json()["token"]
@@ -466,7 +469,7 @@ async def test_notifications_page_shows_each_user_what_is_meant_for_them_in_chro
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     example = start_example("examples.notifications", env={"PORT": str(port)})
-    example.wait_up(url + "/sse/healthz")
+    await example.await_up(url + "/sse/healthz")
     pages = {}
     for user in ("123", "456", "1"):  # alice (pro plan), bob, the operator
         page = await browser_context.new_page()
@@ -569,7 +572,7 @@ async def test_celery_tasks_stream_to_a_browser_that_closes_on_success_and_on_fa
             stats = (await http.get("/stats")).json()
             return not stats["connections"]["by_task"]
 
-        await eventually(gone, "the closed streams to leave the hub")
+        await until(gone, what="the closed streams to leave the hub")
     await page.close()
     # One command started it all; SIGTERM stops it all (web app, then worker).
     assert await asyncio.to_thread(example.terminate, 30) == 0
@@ -602,7 +605,7 @@ async def test_observability_reports_every_request_bounds_slow_dashboards_and_sh
     example = start_example(
         "examples.observability", env={"PORT": str(port), "TIDINGS_QUEUE_SIZE": "600"}
     )
-    example.wait_up(url + "/sse/healthz")
+    await example.await_up(url + "/sse/healthz")
     topic = ["dashboard/requests"]
     async with (
         httpx.AsyncClient(base_url=url, timeout=10) as http,
@@ -683,7 +686,7 @@ async def test_observability_reports_every_request_bounds_slow_dashboards_and_sh
         # Shutdown: the open stream is ended cleanly (a proper end of the chunked body).
         example.proc.send_signal(signal.SIGTERM)
         assert await dashboard.rest(timeout=20) == []
-    assert example.proc.wait(20) in (0, -signal.SIGTERM)
+    assert await asyncio.to_thread(example.proc.wait, 20) in (0, -signal.SIGTERM)
 
 
 @pytest.mark.asyncio(loop_scope="session")  # the browser's loop
@@ -693,7 +696,7 @@ async def test_observability_page_shows_requests_as_they_happen_in_chromium(
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     example = start_example("examples.observability", env={"PORT": str(port)})
-    example.wait_up(url + "/sse/healthz")
+    await example.await_up(url + "/sse/healthz")
     page = await browser_context.new_page()
     await page.goto(url + "/dashboard")
     await page.wait_for_function("document.querySelector('#state').textContent === 'open'")

@@ -427,7 +427,7 @@ async def test_redis_down_refuses_appends_and_ping_is_false(
     node = await open_redis_node()
     latest = await node.publish("t", 1)
     assert await node.backend.ping() is True
-    redis_server.stop()
+    await asyncio.to_thread(redis_server.stop)
     try:
         assert await node.backend.ping() is False
         with pytest.raises(BackendUnavailable) as caught:
@@ -515,8 +515,8 @@ async def test_after_a_redis_restart_the_reader_delivers_the_new_history(
     old = await a.publish("t", "old")
     await b.wait_delivered(1)
 
-    redis_server.stop()  # no persistence: everything in Redis is lost
-    redis_server.start()
+    await asyncio.to_thread(redis_server.stop)  # no persistence: everything in Redis is lost
+    await asyncio.to_thread(redis_server.start)
     new = [await wait_until_published(b, "t", i) for i in range(3)]
     for node in (a, b):
         await node.wait_delivered(4)

@@ -159,7 +159,7 @@ async def test_a_redis_restart_keeps_streams_open_and_refuses_publishes_until_it
         before = await publish(http, b, "before")
         assert (await on_a.next()).id == before
 
-        redis_server.stop()  # no persistence: Redis comes back empty
+        await asyncio.to_thread(redis_server.stop)  # no persistence: Redis comes back empty
         try:
             for node in (a, b):
                 await wait_ready(http, node, 503)
@@ -216,7 +216,7 @@ async def test_clients_of_a_killed_node_resume_exactly_on_another(
         # must come from history on the other node.
         acknowledged += [await publish(http, a, i) for i in range(1, 4)]
         a.signal(signal.SIGKILL)
-        a.wait()
+        await a.await_exit()
         with contextlib.suppress(httpx.TransportError, TimeoutError, StopAsyncIteration):
             while len(received) < len(acknowledged):
                 received.append((await reader.next(timeout=5)).id)
@@ -243,7 +243,7 @@ async def test_serve_with_two_workers_shares_the_backend(
         for reader in readers:
             assert [e.id for e in await reader.take(3)] == ids
     assert (await http.get(f"{server.url}/readyz")).status_code == 200
-    assert server.stop() == 0
+    assert await asyncio.to_thread(server.stop) == 0
 
 
 # -- the deployment recipe (docs/deployment.md) ----------------------------------------------
@@ -322,7 +322,7 @@ async def test_the_documented_nginx_recipe_streams_unbuffered_and_fails_over(
     nginx: Callable[[list[ServerProcess]], str],
 ) -> None:
     nodes = await start_nodes(2)
-    proxy = nginx(nodes)
+    proxy = await asyncio.to_thread(nginx, nodes)
     received: list[str] = []
     async with stream(http, proxy) as reader:
         # Unbuffered: each event arrives on its own, before the next is published.
@@ -339,7 +339,7 @@ async def test_the_documented_nginx_recipe_streams_unbuffered_and_fails_over(
         assert len(serving) == 1
         serving[0].signal(signal.SIGTERM)  # a drain: the stream ends cleanly
         assert await reader.until_end() == []
-    assert serving[0].wait() == 0
+    assert await serving[0].await_exit() == 0
     # The client comes back through the proxy, to the other node, and resumes exactly.
     missed = [await publish(http, proxy, i) for i in range(3, 5)]
     async with stream(http, proxy, received[-1]) as reader:

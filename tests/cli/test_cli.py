@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 
+import httpx
 import orjson
 import pytest
 
@@ -21,18 +22,19 @@ def tidings(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_tail_shows_what_publish_sends(server: ServerProcess) -> None:
+def test_tail_shows_what_publish_sends(server: ServerProcess, uid: str) -> None:
+    topic = f"{uid}/general"
     tail = subprocess.Popen(
-        [sys.executable, "-u", "-m", "tidings", "tail", "chat/general", "--url", server.url],
+        [sys.executable, "-u", "-m", "tidings", "tail", topic, "--url", server.url],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        wait_for(lambda: _connections(server) == 1, what="tail to subscribe")
+        wait_for(lambda: _streams(server, topic) == 1, what="tail to subscribe")
         published = tidings(
             "publish",
-            "chat/general",
+            topic,
             '{"text": "hi from a terminal"}',
             "--type",
             "chat_message",
@@ -56,11 +58,11 @@ def test_tail_shows_what_publish_sends(server: ServerProcess) -> None:
             tail.kill()
 
 
-def test_tail_json_prints_one_object_per_event_and_resumes(server: ServerProcess) -> None:
-    first = tidings("publish", "chat/general", '{"n": 1}', "--url", server.url).stdout.strip()
-    second = tidings("publish", "chat/general", '"two"', "--url", server.url).stdout.strip()
-    third = tidings("publish", "chat/other", "3", "--url", server.url).stdout.strip()
-    argv = ["tail", "chat/*", "--json", "--last-event-id", first, "--url", server.url]
+def test_tail_json_prints_one_object_per_event_and_resumes(server: ServerProcess, uid: str) -> None:
+    first = tidings("publish", f"{uid}/general", '{"n": 1}', "--url", server.url).stdout.strip()
+    second = tidings("publish", f"{uid}/general", '"two"', "--url", server.url).stdout.strip()
+    third = tidings("publish", f"{uid}/other", "3", "--url", server.url).stdout.strip()
+    argv = ["tail", f"{uid}/*", "--json", "--last-event-id", first, "--url", server.url]
     tail = subprocess.Popen(
         [sys.executable, "-u", "-m", "tidings", *argv],
         stdout=subprocess.PIPE,
@@ -79,12 +81,12 @@ def test_tail_json_prints_one_object_per_event_and_resumes(server: ServerProcess
     ]
 
 
-def _connections(server: ServerProcess) -> int:
-    import httpx
-
-    total = httpx.get(server.url + "/stats").json()["connections"]["total"]
-    assert isinstance(total, int)
-    return total
+def _streams(server: ServerProcess, topic: str) -> int:
+    """How many streams of ``server`` follow ``topic``."""
+    by_topic = httpx.get(server.url + "/stats").json()["connections"]["by_topic"]
+    count = by_topic.get(topic, 0)
+    assert isinstance(count, int)
+    return count
 
 
 def test_publish_with_bad_json_is_one_clear_line() -> None:

@@ -326,7 +326,7 @@ async def test_a_watcher_sees_a_tracked_task_reach_100_and_complete(
     server: ServerProcess,
 ) -> None:
     with Publisher(server.url) as pub:
-        task = pub.create_task(total=50)
+        task = await asyncio.to_thread(pub.create_task, total=50)
         async with (
             httpx.AsyncClient(base_url=server.url, timeout=10) as http,
             open_sse(http, f"/tasks/{task.task_id}/stream") as stream,

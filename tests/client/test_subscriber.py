@@ -8,7 +8,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import ServerFactory
+from tests.conftest import ServerFactory, ServerProcess, until
 from tidings.client.subscriber import subscribe
 from tidings.errors import TidingsError
 from tidings.wire import ServerSentEvent
@@ -28,8 +28,11 @@ async def test_client_resumes_across_server_ended_streams(server_factory: Server
 
     consumer = asyncio.create_task(consume())
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
-        while (await http.get("/stats")).json()["connections"]["total"] == 0:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
+
+        async def subscribed() -> bool:
+            return bool((await http.get("/stats")).json()["connections"]["total"] == 1)
+
+        await until(subscribed, what="the client to subscribe")
         for i in range(30):
             response = await http.post("/publish", json={"topic": "feed", "data": i})
             ids.append(response.json()["id"])
@@ -41,8 +44,7 @@ async def test_client_resumes_across_server_ended_streams(server_factory: Server
     assert stats["events"]["published"] == 30
 
 
-async def test_client_stops_on_a_client_error(server_factory: ServerFactory) -> None:
-    server = await server_factory.start()
+async def test_client_stops_on_a_client_error(server: ServerProcess) -> None:
     with pytest.raises(TidingsError) as info:
         async for _ in subscribe(server.url, ["bad topic"]):
             pass

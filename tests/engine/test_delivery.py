@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 import orjson
 import pytest
 
+from tests.conftest import until
 from tidings.auth.principal import Principal
 from tidings.backends.base import Replay
 from tidings.backends.memory import MemoryBackend
@@ -329,7 +330,11 @@ async def test_a_full_transport_gets_no_write_through(hub: Hub) -> None:
     await settle(hub)
     assert slow.queued == 1  # kept in the queue (conflated, bounded) until it drains
     slow_transport.buffered = 0
-    await asyncio.sleep(BACKLOG_RETRY * 3)
+
+    async def retried() -> bool:  # the backlog is retried every BACKLOG_RETRY seconds
+        return slow.queued == 0
+
+    await until(retried, BACKLOG_RETRY * 100, "the backlog to be written")
     assert [e.id for e in chunk_events(slow_transport.writes[-1])] == [event_id]
     assert fast.queued == slow.queued == 0
 

@@ -8,6 +8,7 @@ real ``tidings serve``) and reads the stream to its end.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -24,7 +25,7 @@ import pytest
 from celery import Celery
 from examples.celery_app import tasks
 
-from tests.conftest import ServerFactory, SSEReader, free_port, open_sse
+from tests.conftest import ServerProcess, SSEReader, free_port, open_sse
 from tidings.client import Publisher
 from tidings.integrations.celery import CELERY_STATES, TidingsTask, enqueue, tidings_status
 from tidings.wire import ServerSentEvent
@@ -128,11 +129,13 @@ def _sequences(events: list[ServerSentEvent]) -> list[int]:
 
 
 async def test_converting_task_streams_file_updates_then_completes_with_its_result(
-    server_factory: ServerFactory, celery_app: Celery, start_worker: StartWorker
+    server: ServerProcess, celery_app: Celery, start_worker: StartWorker
 ) -> None:
-    hub = await server_factory.start()
+    hub = server  # the shared hub: each test enqueues its own task
     with Publisher(hub.url) as pub:
-        result = enqueue(tasks.convert_images, (4, 0.01), publisher=pub, total=4)
+        result = await asyncio.to_thread(
+            enqueue, tasks.convert_images, (4, 0.01), publisher=pub, total=4
+        )
     task_id = str(result.id)
     names = [f"image-{i:03d}.png" for i in range(1, 5)]
     async with (
@@ -164,11 +167,12 @@ async def test_converting_task_streams_file_updates_then_completes_with_its_resu
 
 
 async def test_failing_task_stream_ends_with_task_failed_and_the_exception_message(
-    server_factory: ServerFactory, celery_app: Celery, start_worker: StartWorker
+    server: ServerProcess, celery_app: Celery, start_worker: StartWorker
 ) -> None:
-    hub = await server_factory.start()
+    hub = server  # the shared hub: each test enqueues its own task
     with Publisher(hub.url) as pub:
-        task_id = str(enqueue(tasks.convert_corrupt, (3,), publisher=pub).id)
+        result = await asyncio.to_thread(enqueue, tasks.convert_corrupt, (3,), publisher=pub)
+        task_id = str(result.id)
     async with (
         httpx.AsyncClient(base_url=hub.url, timeout=10) as http,
         open_sse(http, f"/tasks/{task_id}/stream") as stream,
@@ -195,11 +199,13 @@ async def test_failing_task_stream_ends_with_task_failed_and_the_exception_messa
 
 
 async def test_plain_task_is_reported_by_the_signal_handlers(
-    server_factory: ServerFactory, celery_app: Celery, start_worker: StartWorker
+    server: ServerProcess, celery_app: Celery, start_worker: StartWorker
 ) -> None:
-    hub = await server_factory.start()
+    hub = server  # the shared hub: each test enqueues its own task
     with Publisher(hub.url) as pub:
-        task_id = str(enqueue(tasks.build_report, (7,), publisher=pub).id)
+        task_id = str(
+            (await asyncio.to_thread(enqueue, tasks.build_report, (7,), publisher=pub)).id
+        )
     async with (
         httpx.AsyncClient(base_url=hub.url, timeout=10) as http,
         open_sse(http, f"/tasks/{task_id}/stream") as stream,
@@ -214,12 +220,15 @@ async def test_plain_task_is_reported_by_the_signal_handlers(
 
 
 async def test_task_that_expires_in_the_queue_is_cancelled(
-    server_factory: ServerFactory, celery_app: Celery, start_worker: StartWorker
+    server: ServerProcess, celery_app: Celery, start_worker: StartWorker
 ) -> None:
-    hub = await server_factory.start()
+    hub = server  # the shared hub: each test enqueues its own task
     expired = datetime.now(UTC) - timedelta(minutes=1)
     with Publisher(hub.url) as pub:
-        task_id = str(enqueue(tasks.convert_images, (2,), publisher=pub, expires=expired).id)
+        result = await asyncio.to_thread(
+            enqueue, tasks.convert_images, (2,), publisher=pub, expires=expired
+        )
+        task_id = str(result.id)
     async with (
         httpx.AsyncClient(base_url=hub.url, timeout=10) as http,
         open_sse(http, f"/tasks/{task_id}/stream") as stream,
@@ -233,11 +242,11 @@ async def test_task_that_expires_in_the_queue_is_cancelled(
 
 
 async def test_retried_task_stays_running_then_completes_on_its_next_attempt(
-    server_factory: ServerFactory, celery_app: Celery, start_worker: StartWorker
+    server: ServerProcess, celery_app: Celery, start_worker: StartWorker
 ) -> None:
-    hub = await server_factory.start()
+    hub = server  # the shared hub: each test enqueues its own task
     with Publisher(hub.url) as pub:
-        task_id = str(enqueue(tasks.fetch_thumbnails, publisher=pub).id)
+        task_id = str((await asyncio.to_thread(enqueue, tasks.fetch_thumbnails, publisher=pub)).id)
     async with (
         httpx.AsyncClient(base_url=hub.url, timeout=10) as http,
         open_sse(http, f"/tasks/{task_id}/stream") as stream,
@@ -277,9 +286,9 @@ def _reporting_to(publisher: Publisher) -> type[TidingsTask]:
 
 
 def test_task_cancelled_on_the_hub_before_it_starts_is_skipped(
-    server_factory: ServerFactory, eager_app: Celery
+    server: ServerProcess, eager_app: Celery
 ) -> None:
-    hub = server_factory()
+    hub = server
     ran: list[str] = []
     with Publisher(hub.url) as pub:
 
@@ -298,9 +307,9 @@ def test_task_cancelled_on_the_hub_before_it_starts_is_skipped(
 
 
 def test_update_state_progress_is_reported_to_the_hub(
-    server_factory: ServerFactory, eager_app: Celery
+    server: ServerProcess, eager_app: Celery
 ) -> None:
-    hub = server_factory()
+    hub = server
     with Publisher(hub.url) as pub:
 
         @eager_app.task(base=_reporting_to(pub), bind=True)

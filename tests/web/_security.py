@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import ServerProcess, open_sse, wait_for
+from tests.conftest import ServerProcess, get_stats, open_sse, until
 from tests.conftest import SSEReader as SSEReader
 from tidings.auth.jwt import mint_token
 
@@ -103,26 +103,19 @@ async def open_stream(
         yield stream
 
 
-def admin_stats(server: ServerProcess) -> dict[str, Any]:
+async def admin_stats(server: ServerProcess) -> dict[str, Any]:
     """``/stats`` as an admin of the test secret."""
-    response = httpx.get(
-        server.url + "/stats", headers=bearer(token("ops", admin=True)), timeout=10
-    )
-    assert response.status_code == 200, response.text
-    stats: dict[str, Any] = response.json()
-    return stats
+    return await get_stats(server.url, bearer(token("ops", admin=True)))
 
 
-def wait_connections(server: ServerProcess, total: int, *, auth: bool = True) -> None:
+async def wait_connections(server: ServerProcess, total: int, *, auth: bool = True) -> None:
     """Wait until the hub counts ``total`` open streams."""
 
-    def counted() -> bool:
-        if auth:
-            return bool(admin_stats(server)["connections"]["total"] == total)
-        stats = httpx.get(server.url + "/stats", timeout=10).json()
+    async def counted() -> bool:
+        stats = await (admin_stats(server) if auth else get_stats(server.url))
         return bool(stats["connections"]["total"] == total)
 
-    wait_for(counted, 10, f"{total} open streams")
+    await until(counted, 10, f"{total} open streams")
 
 
 def raw_socket(server: ServerProcess, ip: str = "127.0.0.1") -> socket.socket:

@@ -417,7 +417,7 @@ async def test_sigterm_ends_streams_cleanly_and_exits_zero(own_server: ServerPro
         server.signal(signal.SIGTERM)
         rest = await stream.until_end(timeout=15)
     assert rest == []
-    assert server.wait(15) == 0
+    assert await server.await_exit(15) == 0
     assert "Traceback" not in server.log()
 
 
@@ -437,5 +437,5 @@ async def test_sigterm_exits_within_grace_even_with_a_stuck_client(
         for i in range(40):
             await publish(http, "t", {"i": i, "pad": "x" * 8000})
     server.signal(signal.SIGTERM)
-    assert server.wait(15) == 0
+    assert await server.await_exit(15) == 0
     stuck.close()

@@ -6,6 +6,7 @@ are made per module with ``cryptography``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -24,7 +25,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from tests.conftest import ServerFactory, ServerProcess, free_port, run_tidings, wait_for
+from tests.conftest import ServerFactory, ServerProcess, free_port, run_tidings, until
 from tests.web._security import (
     SECRET,
     admin_stats,
@@ -298,7 +299,11 @@ async def test_query_token_works_when_enabled_and_never_reaches_the_log(
     assert odd.status_code == 200
     expect_error(bad, 401, "invalid_token")
     assert marker.status_code == 200
-    wait_for(lambda: "marker=1" in server.log(), 10, "the access log")
+
+    async def logged() -> bool:
+        return "marker=1" in server.log()
+
+    await until(logged, 10, "the access log")
     log = server.log()
     signature = tok.rsplit(".", 1)[1]
     assert signature not in log
@@ -323,14 +328,15 @@ async def test_custom_authenticate_example_uses_the_apps_session_cookie(tmp_path
         )
     try:
 
-        def up() -> bool:
+        async def up() -> bool:
             assert proc.poll() is None, log.read_text()
             try:
-                return httpx.get(url + "/healthz", timeout=1).status_code == 200
+                async with httpx.AsyncClient(timeout=1) as client:
+                    return (await client.get(url + "/healthz")).status_code == 200
             except httpx.HTTPError:
                 return False
 
-        wait_for(up, 20, "the example app")
+        await until(up, 20, "the example app")
         async with httpx.AsyncClient(base_url=url, timeout=10) as anonymous:
             expect_error(
                 await stream_status(anonymous, topics("users/alice/**")), 401, "unauthenticated"
@@ -358,7 +364,7 @@ async def test_custom_authenticate_example_uses_the_apps_session_cookie(tmp_path
         if proc.poll() is None:
             proc.terminate()
             try:
-                proc.wait(15)
+                await asyncio.to_thread(proc.wait, 15)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
@@ -578,20 +584,28 @@ async def test_stream_ends_with_auth_expired_at_exp_and_resumes_with_a_fresh_tok
 
 async def test_an_ended_stream_is_gone_from_the_hub(hs_server: ServerProcess) -> None:
     short = token("dora", subscribe=["feed"], ttl=5)
+
+    async def dora_open() -> bool:
+        return bool((await admin_stats(hs_server))["connections"]["by_user"].get("dora") == 1)
+
+    async def dora_gone() -> bool:
+        return "dora" not in (await admin_stats(hs_server))["connections"]["by_user"]
+
     async with (
         httpx.AsyncClient(base_url=hs_server.url, timeout=10) as http,
         open_stream(http, topics("feed"), bearer(short)) as stream,
     ):
-        wait_for(lambda: admin_stats(hs_server)["connections"]["by_user"].get("dora") == 1)
+        await until(dora_open, what="dora's stream to open")
         await stream.until_end(timeout=15)
-    wait_for(lambda: "dora" not in admin_stats(hs_server)["connections"]["by_user"])
+    await until(dora_gone, what="dora's stream to go")
 
 
 # -- the dev-token command --------------------------------------------------------------------
 
 
 async def test_tidings_token_mints_a_token_the_hub_accepts(hs_server: ServerProcess) -> None:
-    result = run_tidings(
+    result = await asyncio.to_thread(
+        run_tidings,
         "token",
         "--sub",
         "alice",
@@ -609,7 +623,9 @@ async def test_tidings_token_mints_a_token_the_hub_accepts(hs_server: ServerProc
     assert decoded["sub"] == "alice"
     assert decoded["tidings"] == {"subscribe": ["chat/**"], "publish": ["x/**"], "admin": False}
     assert 3590 <= decoded["exp"] - decoded["iat"] <= 3600
-    admin = run_tidings("token", "--sub", "ops", "--admin", "--jwt-secret", SECRET)
+    admin = await asyncio.to_thread(
+        run_tidings, "token", "--sub", "ops", "--admin", "--jwt-secret", SECRET
+    )
     assert admin.returncode == 0, admin.stderr
     async with httpx.AsyncClient(base_url=hs_server.url, timeout=10) as http:
         assert (await stream_status(http, topics("chat/a"), bearer(tok))).status_code == 200

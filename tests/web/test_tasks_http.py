@@ -433,7 +433,7 @@ async def test_a_server_restart_keeps_tasks_and_streams_resume(
         await ok(await http.post(f"/tasks/{done['task_id']}/complete", json={"result": "r"}))
         async with open_sse(http, f"/tasks/{done['task_id']}/stream") as stream:
             terminal = (await stream.until_end())[0]
-    server.restart()
+    await server.arestart()
     async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
         assert await ok(await http.get(base)) == before
         headers = {"Last-Event-ID": "an-id-from-before-1"}
