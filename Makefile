@@ -76,7 +76,7 @@ check: $(TEST_STAMP)
 	$(BIN)/ruff format --check $(CODE)
 	$(TYPECHECK)
 	$(BIN)/lint-imports --no-logo
-	$(BIN)/mkdocs build --strict --quiet
+	$(BIN)/mkdocs build --strict
 
 pytest: $(TEST_STAMP)
 	$(BIN)/pytest
