@@ -48,6 +48,11 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
         for part in (b"one ", b"two ", b"three"):
             await send({"type": "http.response.body", "body": part, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
+    elif path == "/early":  # refuses a body without reading it all, as a 413 does
+        await receive()
+        headers = [(b"content-type", b"text/plain")]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": b"too large"})
     elif path == "/fail":
         raise RuntimeError("a bug in the application")
     elif path == "/nothing":
@@ -176,3 +181,20 @@ def test_every_answer_has_a_date_and_no_server_header(port: int) -> None:
     head = answer.split(b"\r\n\r\n", 1)[0].lower()
     assert b"\r\ndate: " in head
     assert b"\r\nserver:" not in head
+
+
+def test_an_answer_given_before_the_whole_body_arrived_ends_the_connection(port: int) -> None:
+    """The application answered (a 413) before the request body was all in. The connection
+    was kept alive without ``connection: close`` while the rest of the body sat unread
+    (reading paused), so a client's next request on it got no answer but a reset. The
+    answer now says ``connection: close``, and the server ends the connection after it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"POST /early HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\n")
+        sock.sendall(b"x" * 300_000)  # more than the server buffers before it pauses reading
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413 ")
+    assert b"connection: close" in head
+    assert body == b"too large"

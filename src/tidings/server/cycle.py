@@ -222,6 +222,10 @@ class RequestCycle:
         headers = self._headers or []
         self._headers = None
         status = self._status
+        if self.more_body:
+            # Answered before its request body was all in (a 413, say): the rest of the
+            # body would be read as the next request. The connection ends with the answer.
+            self.keep_alive = False
         length = None
         for name, value in headers:
             if name == b"content-length":

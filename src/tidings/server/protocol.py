@@ -320,7 +320,10 @@ class HttpProtocol(asyncio.Protocol):
         if transport.is_closing() or cycle.handed_off:
             return
         if not cycle.keep_alive or self.state.shutting_down:
-            transport.close()
+            if cycle.more_body:
+                self._linger()  # the request's body is not all in: its rest is unread
+            else:
+                transport.close()
             return
         if pipeline:
             self.state.run(pipeline[0])
@@ -433,11 +436,22 @@ class HttpProtocol(asyncio.Protocol):
         headers = [(b"content-type", b"application/json"), *cors]
         head = response_head(status, headers, content_length=len(body), close=True)
         transport.write(head + body)
-        # Lingering close (as nginx does): closing with unread request bytes in the socket
-        # makes the kernel send a reset, which can destroy our answer before the client
-        # reads it. So end our side, drop what still arrives, and close on the client's
-        # EOF or after LINGER seconds at most.
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close after an answer given while request bytes may still be unread.
+
+        Lingering close (as nginx does): closing with unread request bytes in the socket
+        makes the kernel send a reset, which can destroy our answer before the client
+        reads it. So end our side, drop what still arrives, and close on the client's EOF
+        or after LINGER seconds at most.
+        """
+        transport = self.transport
+        self._disarm()
         self._discarding = True
+        if self._body_paused:
+            self._body_paused = False
+            transport.resume_reading()
         if transport.can_write_eof():
             transport.write_eof()
         self._deadline = self.state.loop.call_later(LINGER, transport.close)
