@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import shutil
 import signal
@@ -20,6 +21,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from unittest import mock
 
 import httpx
 import pytest
@@ -84,6 +86,27 @@ async def get_stats(url: str, headers: dict[str, str] | None = None) -> dict[str
     assert response.status_code == 200, response.text
     stats: dict[str, Any] = response.json()
     return stats
+
+
+def run_main(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``tidings ARGS`` through :func:`tidings.cli.main` in this process: the exit code and
+    output the command gives, without a new interpreter. Only for what the command refuses
+    before it connects, listens or loops (bad flags, values, URLs); anything that runs is
+    tested as a process (:func:`run_tidings`)."""
+    from tidings.cli import main
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_")}
+    out, err = io.StringIO(), io.StringIO()
+    with (
+        mock.patch.dict(os.environ, {**clean, **(env or {})}, clear=True),
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+    ):
+        try:
+            code = main(list(args))
+        except SystemExit as exc:  # argparse's refusals
+            code = exc.code if isinstance(exc.code, int) else 1
+    return subprocess.CompletedProcess(["tidings", *args], code, out.getvalue(), err.getvalue())
 
 
 class PortTaken(Exception):

@@ -1,7 +1,10 @@
 """Settings and safe defaults (issue #4, point 8; SPEC §8).
 
 ``tidings serve`` runs as a real process: a bad value must stop it with one line that names
-the setting and exit code 2, never a traceback, and a secret must never be printed.
+the setting and exit code 2, never a traceback, and a secret must never be printed. Values
+refused before the server opens anything are checked through the same ``main()`` in this
+process (:func:`refused`); refusals that come later, at the store or the socket, and the
+process's own output and exit, in a process of their own (:func:`serve`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pydantic import SecretStr
 
-from tests.conftest import free_port, wait_for
+from tests.conftest import free_port, run_main, wait_for
 from tests.web._security import SECRET, bearer, running_server, token
 from tidings.cli import build_parser, serve_parser_flags
 from tidings.config import Settings, is_loopback, load_settings
@@ -37,6 +40,12 @@ def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
         env={**clean, **(env or {})},
         check=False,
     )
+
+
+def refused(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """:func:`serve` in this process, for settings that ``tidings serve`` refuses before it
+    opens a socket or a loop (in ``tidings.cli``)."""
+    return run_main("serve", "--port", str(free_port()), *args, env=env)
 
 
 def assert_one_line(result: subprocess.CompletedProcess[str], *needles: str) -> str:
@@ -129,19 +138,19 @@ def assert_one_line(result: subprocess.CompletedProcess[str], *needles: str) -> 
 def test_a_bad_value_stops_start_up_with_one_line_naming_the_setting(
     args: tuple[str, ...], flag: str
 ) -> None:
-    line = assert_one_line(serve(*args), flag)
+    line = assert_one_line(refused(*args), flag)
     assert f"TIDINGS_{flag[2:].replace('-', '_').upper()}" in line
 
 
 def test_the_log_level_error_lists_every_level_and_trace_is_one() -> None:
-    line = assert_one_line(serve("--log-level", "loud"), "--log-level")
+    line = assert_one_line(refused("--log-level", "loud"), "--log-level")
     assert "critical, error, warning, info, debug, trace" in line
     assert load_settings(log_level="TRACE").log_level == "trace"
 
 
 def test_a_refused_redis_url_does_not_show_its_password() -> None:
     line = assert_one_line(
-        serve("--backend", "redis://:hunter2-secret@localhost/notadb"), "--backend", "'notadb'"
+        refused("--backend", "redis://:hunter2-secret@localhost/notadb"), "--backend", "'notadb'"
     )
     assert "hunter2-secret" not in line
 
@@ -172,12 +181,12 @@ def test_a_bracketed_ipv6_host_is_the_address_inside() -> None:
 
 
 def test_a_bad_environment_value_names_the_variable() -> None:
-    line = assert_one_line(serve(env={"TIDINGS_QUEUE_SIZE": "lots"}), "TIDINGS_QUEUE_SIZE")
+    line = assert_one_line(refused(env={"TIDINGS_QUEUE_SIZE": "lots"}), "TIDINGS_QUEUE_SIZE")
     assert "'lots'" in line
 
 
 def test_an_unknown_flag_is_one_line() -> None:
-    assert_one_line(serve("--no-such-flag"), "--no-such-flag")
+    assert_one_line(refused("--no-such-flag"), "--no-such-flag")
 
 
 def _pem(public: rsa.RSAPublicKey | ec.EllipticCurvePublicKey) -> str:
@@ -198,9 +207,9 @@ def test_unusable_public_keys_are_refused_at_start_up(tmp_path: Path) -> None:
     for text, needle in ((private_pem, "private key"), (p384, "P-256"), (garbage, "RSA")):
         path = tmp_path / "key.pem"
         path.write_text(text)
-        line = assert_one_line(serve("--jwt-public-key", str(path)), "--jwt-public-key", needle)
+        line = assert_one_line(refused("--jwt-public-key", str(path)), "--jwt-public-key", needle)
         assert "PRIVATE" not in line
-        assert_one_line(serve(env={"TIDINGS_JWT_PUBLIC_KEY": text}), "--jwt-public-key")
+        assert_one_line(refused(env={"TIDINGS_JWT_PUBLIC_KEY": text}), "--jwt-public-key")
 
 
 def test_a_public_key_file_that_is_not_pem_is_one_line(tmp_path: Path) -> None:
@@ -212,7 +221,7 @@ def test_a_public_key_file_that_is_not_pem_is_one_line(tmp_path: Path) -> None:
     )
     path = tmp_path / "key.der"
     path.write_bytes(der)
-    assert_one_line(serve("--jwt-public-key", str(path)), "--jwt-public-key", "not a PEM file")
+    assert_one_line(refused("--jwt-public-key", str(path)), "--jwt-public-key", "not a PEM file")
 
 
 # -- what start-up opens -----------------------------------------------------------------------
@@ -337,7 +346,7 @@ def test_a_worker_that_fails_to_start_stops_the_hub_with_exit_code_1(tmp_path: P
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.10", "example.com"])
 def test_a_non_loopback_bind_without_auth_is_refused(host: str) -> None:
-    assert_one_line(serve("--host", host), "refusing", "--insecure", "--jwt-secret")
+    assert_one_line(refused("--host", host), "refusing", "--insecure", "--jwt-secret")
 
 
 @pytest.mark.parametrize(

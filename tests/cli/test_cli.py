@@ -12,7 +12,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import ServerProcess, wait_for
+from tests.conftest import ServerProcess, run_main, wait_for
 from tidings import __version__
 
 
@@ -90,7 +90,7 @@ def _streams(server: ServerProcess, topic: str) -> int:
 
 
 def test_publish_with_bad_json_is_one_clear_line() -> None:
-    result = tidings("publish", "chat/general", "{not json", "--url", "http://127.0.0.1:9")
+    result = run_main("publish", "chat/general", "{not json", "--url", "http://127.0.0.1:9")
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1
     assert result.stderr.startswith("tidings: DATA is not valid JSON")
@@ -111,7 +111,7 @@ def test_publish_refused_by_the_hub_prints_its_error(server: ServerProcess) -> N
 
 
 def test_tail_with_a_bad_topic_is_one_clear_line() -> None:
-    result = tidings("tail", "a//b", "--url", "http://127.0.0.1:9")
+    result = run_main("tail", "a//b", "--url", "http://127.0.0.1:9")
     assert result.returncode == 2
     assert result.stderr.startswith("tidings: ")
     assert result.stderr.count("\n") == 1
@@ -126,7 +126,7 @@ BAD_URLS = ["notaurl", "ftp://x", "http://[bad", "http://x:99999", "http://x:abc
 )
 def test_a_bad_url_is_exit_code_2_at_once(command: list[str], url: str) -> None:
     """Every client command checks --url the same way, before it connects (or retries)."""
-    result = tidings(*command, "--url", url)
+    result = run_main(*command, "--url", url)
     assert result.returncode == 2, result.stderr
     assert result.stdout == ""
     assert result.stderr.startswith(f"tidings: invalid --url: {url!r} (expected e.g. http://")

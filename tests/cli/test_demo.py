@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import ServerFactory, ServerProcess, SSEReader, free_port, open_sse
+from tests.conftest import ServerFactory, ServerProcess, SSEReader, free_port, open_sse, run_main
 from tidings.client import AsyncPublisher
 from tidings.demo import first_failure
 from tidings.errors import BackendUnavailable, TidingsError
@@ -135,7 +135,7 @@ def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize("port", ["99999", "65536", "-1", "0", "eighty"])
 def test_a_bad_port_is_one_clear_line(port: str) -> None:
-    demo = run_demo("--port", port)
+    demo = run_main("demo", "--port", port)
     assert demo.returncode == 2
     assert demo.stderr.startswith("tidings: argument --port: expected a port from 1 to 65535")
     assert demo.stderr.count("\n") == 1
@@ -143,7 +143,7 @@ def test_a_bad_port_is_one_clear_line(port: str) -> None:
 
 @pytest.mark.parametrize("speed", ["0", "-1", "inf", "nan"])
 def test_a_bad_speed_is_one_clear_line(speed: str) -> None:
-    demo = run_demo("--speed", speed, "--url", "http://127.0.0.1:9")
+    demo = run_main("demo", "--speed", speed, "--url", "http://127.0.0.1:9")
     assert demo.returncode == 2
     assert demo.stderr.startswith("tidings: invalid --speed")
     assert demo.stderr.count("\n") == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import run_tidings
+from tests.conftest import run_main
 from tests.web._security import SECRET
 
 
@@ -27,7 +27,7 @@ from tests.web._security import SECRET
 def test_tidings_token_errors_are_one_line(
     args: tuple[str, ...], env: dict[str, str], needle: str
 ) -> None:
-    result = run_tidings("token", *args, env=env)
+    result = run_main("token", *args, env=env)
     assert result.returncode == 2
     assert result.stdout == ""
     lines = result.stderr.splitlines()
