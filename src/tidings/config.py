@@ -136,6 +136,14 @@ class Settings(BaseSettings):
     shutdown_grace: float = Field(
         10.0, ge=0, le=MAX_SECONDS, description="Seconds to flush and end streams on shutdown."
     )
+    drain_window: float = Field(
+        5.0,
+        ge=0,
+        le=MAX_SECONDS,
+        description="Seconds over which shutdown ends open streams, in batches with jitter, "
+        "so clients reconnect elsewhere gradually (at most --shutdown-grace less 1 s; "
+        "0 ends them all at once).",
+    )
     max_connection_age: float | None = Field(
         None,
         gt=0,

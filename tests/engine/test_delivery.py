@@ -296,7 +296,9 @@ async def test_a_write_through_pass_yields_between_batches_and_keeps_order() -> 
 
 
 async def test_a_stream_ended_during_a_write_through_pass_gets_its_event_first() -> None:
-    hub = Hub(store="memory", keepalive=60, shutdown_grace=5, max_connections_per_ip=0)
+    hub = Hub(
+        store="memory", keepalive=60, shutdown_grace=5, drain_window=0, max_connections_per_ip=0
+    )
     await hub.start()
     try:
         ended: list[Connection] = []

@@ -1,7 +1,8 @@
 """The async Python client: ``async for event in subscribe(url, topics)``.
 
 It reconnects by itself, sends ``Last-Event-ID`` so nothing is lost, honours the server's
-``retry``, and backs off exponentially with full jitter while the hub is unreachable (the
+``retry`` with jitter (0.5 to 1.5 times it, so the clients of a draining node come back
+spread out), and backs off exponentially with jitter while the hub is unreachable (the
 EventSource rules, plus the backoff that browsers lack). A ``204`` ends the iteration and a
 ``4xx`` answer raises: retrying would not help.
 
@@ -106,12 +107,13 @@ async def subscribe(
                     failures += 1
             if not reconnect:
                 return
-            delay = (
-                retry_ms / 1000
-                if failures == 0
-                else min(max_backoff, retry_ms / 1000 * 2 ** min(failures, 10))
-            )
-            delay = random.uniform(delay / 2, delay) if failures else delay
+            if failures == 0:
+                # The stream ended (a node draining, a maximum age): back after about
+                # ``retry``, each client at its own moment, not all in one storm.
+                delay = retry_ms / 1000 * random.uniform(0.5, 1.5)
+            else:
+                delay = min(max_backoff, retry_ms / 1000 * 2 ** min(failures, 10))
+                delay = random.uniform(delay / 2, delay)
             await asyncio.sleep(max(delay, wait_at_least))
     finally:
         if own:

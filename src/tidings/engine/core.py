@@ -33,6 +33,7 @@ from tidings.backends.base import Appended, Backend, Replay
 from tidings.config import Settings
 from tidings.engine.connection import Connection
 from tidings.engine.dispatch import Dispatcher
+from tidings.engine.drain import drain
 from tidings.engine.stats import HubStatistics, statistics
 from tidings.errors import BackendUnavailable, InvalidTopic, NotAuthorized, ShuttingDown
 from tidings.events import MAX_ID_BYTES, Draft, EventId, make_draft
@@ -131,23 +132,36 @@ class Engine:
         await self.backend.aclose()
 
     def begin_shutdown(self) -> None:
-        """Refuse new streams (503) and end every open one once its queue is flushed.
+        """Refuse new streams (503) and end the open ones, spread over the drain window.
 
-        Streams whose client does not read what is left are cut when ``shutdown_grace``
-        runs out, so the server can exit within the grace whatever the clients do.
+        Each stream ends once its queue is flushed, with a ``retry:`` of its own, so that
+        its client comes back to another node at its own moment (:mod:`tidings.engine.drain`).
+        The window is ``drain_window``, and at most ``shutdown_grace`` less a second. Streams
+        whose client does not read what is left are cut when ``shutdown_grace`` runs out,
+        so the server can exit within the grace whatever the clients do.
         """
         if self._closing:
             return
         self._closing = True
-        live = self.dispatcher.live
-        for conn in list(live):
-            conn.close("shutdown")
-        logger.info("shutting down: ending %d streams", len(live))
-        with contextlib.suppress(RuntimeError):  # no running loop: aclose() cuts them
+        settings = self.settings
+        live = list(self.dispatcher.live)
+        try:
             loop = asyncio.get_running_loop()
-            self._grace_handle = loop.call_later(
-                max(0.0, self.settings.shutdown_grace - 0.5), self._cut_stuck_streams
-            )
+        except RuntimeError:  # no running loop: everything ends now, aclose() cuts the rest
+            for conn in live:
+                conn.close("shutdown")
+            return
+        window = max(0.0, min(settings.drain_window, settings.shutdown_grace - 1.0))
+        batches = drain(live, window=window, retry_ms=settings.retry, call_later=loop.call_later)
+        logger.info(
+            "shutting down: ending %d streams in %d batches over %.1f s",
+            len(live),
+            batches,
+            window if batches > 1 else 0.0,
+        )
+        self._grace_handle = loop.call_later(
+            max(0.0, settings.shutdown_grace - 0.5), self._cut_stuck_streams
+        )
 
     def _cut_stuck_streams(self) -> None:
         self._grace_handle = None

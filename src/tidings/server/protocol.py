@@ -367,12 +367,14 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- shutdown ----------------------------------------------------------------------
 
-    def shutdown(self) -> None:
-        """The server stops: end a stream cleanly, close an idle connection, and let a
-        request being answered finish (its connection closes after it)."""
+    def shutdown(self, *, streams: bool) -> None:
+        """The server stops: close an idle connection, let a request being answered finish
+        (its connection closes after it), and end a stream cleanly if ``streams`` (else its
+        app ends it)."""
         conn = self._stream
         if conn is not None:
-            conn.close("shutdown")
+            if streams:
+                conn.close("shutdown")
         elif not self._pipeline and not self.transport.is_closing():
             self.transport.close()
 

@@ -33,6 +33,7 @@ from tidings.server.lifespan import Lifespan
 from tidings.server.protocol import HttpProtocol
 from tidings.server.proxy import TrustedProxies
 from tidings.server.state import ServerState
+from tidings.web.app import BEGIN_SHUTDOWN
 from tidings.web.cors import CorsPolicy
 
 __all__ = ["BACKLOG", "KEEP_ALIVE", "Server", "bind_sockets"]
@@ -161,10 +162,15 @@ class Server:
         state.shutting_down = True
         for server in servers:
             server.close()
+        # An app that ends its own streams (the hub: spread over its drain window) says
+        # so in the lifespan state; other streams end now.
+        begin = state.app_state.get(BEGIN_SHUTDOWN)
+        if callable(begin):
+            begin()
         connections = list(state.connections)
         logger.info("shutting down: ending %d connections", len(connections))
         for conn in connections:
-            conn.shutdown()
+            conn.shutdown(streams=not callable(begin))
         if state.connections or state.tasks:
             state.idle.clear()
             grace = max(0.0, self.settings.shutdown_grace - 0.5)

@@ -18,7 +18,7 @@ class _Cycle(Protocol):
 
 
 class _Connection(Protocol):
-    def shutdown(self) -> None: ...
+    def shutdown(self, *, streams: bool) -> None: ...
 
 
 @dataclass(eq=False)

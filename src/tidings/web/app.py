@@ -25,7 +25,7 @@ from tidings.web.context import HubContext
 from tidings.web.cors import CorsMiddleware, CorsPolicy
 from tidings.web.routes import API, DASHBOARD, Endpoint, Routes, build_router
 
-__all__ = ["Lifespan", "TidingsApp", "create_app"]
+__all__ = ["BEGIN_SHUTDOWN", "Lifespan", "TidingsApp", "create_app"]
 
 logger = logging.getLogger("tidings.web")
 
@@ -33,6 +33,9 @@ logger = logging.getLogger("tidings.web")
 Lifespan = Callable[[Any], AbstractAsyncContextManager[Any]]
 
 SUMMARY = "Server-Sent Events hub: topics, resumable streams, task progress."
+
+#: The key, in the ASGI lifespan state, of the callable that ends the hub's streams.
+BEGIN_SHUTDOWN = "tidings.begin_shutdown"
 
 
 class TidingsApp:
@@ -61,6 +64,12 @@ class TidingsApp:
         if kind == "http":
             await self.routes(scope, receive, send)
         elif kind == "lifespan":
+            state = scope.get("state")
+            if isinstance(state, dict):
+                # How a server that runs this app ends its streams on shutdown: through
+                # the engine, spread over the drain window (ASGI lifespan state is shared
+                # between the server and the app).
+                state[BEGIN_SHUTDOWN] = self.hub.engine.begin_shutdown
             await self._lifespan(receive, send)
         # A websocket is refused by not accepting it (the server answers 403).
 

@@ -34,12 +34,14 @@
  *   reads the stream with `fetch()` and a WHATWG-exact parser instead; `transport:
  *   "fetch"` does that always (and sends the token as an `Authorization` header, not in the
  *   URL).
- * - **Reconnects.** While the browser's EventSource retries on its own, it is left to.
- *   When it gives up (readyState CLOSED after an error: a 429, a 503 while a node drains,
- *   a proxy error) the client asks the same URL once with `fetch()` to learn why: a
- *   refusal (400, 401, 403, 404) ends the stream with `onError`; anything else is retried
- *   after an exponential backoff with full jitter (`random(0, min(max, initial × 2ⁿ))`),
- *   and never sooner than a `Retry-After`.
+ * - **Reconnects.** A stream that ends or breaks after working (a node draining, a
+ *   maximum age) is reopened after about the hub's `retry` (0.5 to 1.5 times it, at
+ *   random), not by the browser's EventSource after exactly `retry`: so the clients of a
+ *   draining node come back spread out. When a connection is refused (a 429, a 503 while
+ *   a node drains, a proxy error) the client asks the same URL once with `fetch()` to
+ *   learn why: a refusal (400, 401, 403, 404) ends the stream with `onError`; anything
+ *   else is retried after an exponential backoff with full jitter
+ *   (`random(0, min(max, initial × 2ⁿ))`), and never sooner than a `Retry-After`.
  * - **Resume.** The last event id (and, for a task, its state) is kept in sessionStorage,
  *   so a page reload shows the bar where it was at once and resumes with `last_event_id`:
  *   each missed event arrives once, none twice.
@@ -69,6 +71,10 @@ const REFUSED = new Set([400, 401, 403, 404, 405, 410, 413, 414, 422, 431]);
 const RECENT_EVENTS = 500;
 /** Delay before state is written to sessionStorage (writes are coalesced). */
 const SAVE_DELAY_MS = 200;
+/** The hub's default `--retry`, in ms: what a stream that ended waits (about) when the
+ * transport hides the hub's own `retry:` field (EventSource does). */
+const HUB_RETRY_MS = 3000;
+
 /** A stream open this long resets its backoff. */
 const HEALTHY_MS = 10000;
 
@@ -387,7 +393,10 @@ function connectEventSource(url, types, withCredentials, sink) {
     if (source.readyState === CLOSED) {
       sink.failed(null); // it gave up: find out why
     } else {
-      sink.retrying(); // the browser reconnects by itself, with Last-Event-ID
+      // The stream ended or broke, and the browser would reconnect after exactly `retry`
+      // ms, all its clients at once: reconnect ourselves instead, with jitter.
+      source.close();
+      sink.ended();
     }
   };
   return () => source.close();
@@ -533,11 +542,6 @@ class Stream {
       retry: (ms) => {
         this.retryMs = ms;
       },
-      retrying: () => {
-        if (!live()) return;
-        this.setState(CONNECTING);
-        this.listener.reconnect();
-      },
       failed: (failure) => {
         if (live()) this.failed(failure);
       },
@@ -593,10 +597,19 @@ class Stream {
     if (this.openedAt && Date.now() - this.openedAt >= HEALTHY_MS) this.attempts = 0;
     this.openedAt = 0;
     const { initial, max } = this.spec.backoff;
-    const base = failure && failure.ended ? Math.max(initial, this.retryMs) : initial;
-    const ceiling = Math.min(max, base * 2 ** this.attempts);
-    this.attempts += 1;
-    let delay = Math.random() * ceiling;
+    let delay;
+    if (failure && failure.ended && this.attempts === 0) {
+      // A stream that ended after working (a node draining, a maximum age): back after
+      // about `retry` (0.5 to 1.5 times it), each client at its own moment.
+      // EventSource keeps `retry:` to itself: then the hub's default is assumed.
+      delay = Math.max(initial, this.retryMs || HUB_RETRY_MS) * (0.5 + Math.random());
+      this.attempts += 1;
+    } else {
+      const base = failure && failure.ended ? Math.max(initial, this.retryMs) : initial;
+      const ceiling = Math.min(max, base * 2 ** this.attempts);
+      this.attempts += 1;
+      delay = Math.random() * ceiling;
+    }
     if (failure && failure.retryAfter) delay = Math.max(delay, failure.retryAfter * 1000);
     return delay;
   }
