@@ -68,5 +68,3 @@ def _ender(batch: list[Connection], retry_ms: int) -> Callable[[], None]:
                 conn.close("shutdown")
 
     return end
-
-
