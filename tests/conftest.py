@@ -219,15 +219,25 @@ class ServerProcess:
             self.proc.wait()
             raise
 
-    def restart(self) -> ServerProcess:
-        """Stop and start again on the same port."""
+    def restart(self, timeout: float = 20.0) -> ServerProcess:
+        """Stop and start again on the same port (clients come back to it).
+
+        Another test's server may have probed the port while it was free: the start is
+        tried again until ``timeout``, never moved to another port.
+        """
         self.stop()
-        return self.start()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self._start(max(1.0, deadline - time.monotonic()))
+            except PortTaken:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)  # the port is someone else's for now: try again
 
     async def arestart(self) -> ServerProcess:
         """:meth:`restart` for async tests."""
-        await asyncio.to_thread(self.stop)
-        return await self.astart()
+        return await asyncio.to_thread(self.restart)
 
     async def await_exit(self, timeout: float = 20.0) -> int:
         """:meth:`wait` for async tests."""
