@@ -79,7 +79,7 @@ check: $(TEST_STAMP)
 	$(BIN)/mkdocs build --strict
 
 pytest: $(TEST_STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest -n 4
 
 ## lint: auto-fix what ruff can
 lint: $(TEST_STAMP)

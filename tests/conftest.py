@@ -219,15 +219,25 @@ class ServerProcess:
             self.proc.wait()
             raise
 
-    def restart(self) -> ServerProcess:
-        """Stop and start again on the same port."""
+    def restart(self, timeout: float = 20.0) -> ServerProcess:
+        """Stop and start again on the same port (clients come back to it).
+
+        Another test's server may have probed the port while it was free: the start is
+        tried again until ``timeout``, never moved to another port.
+        """
         self.stop()
-        return self.start()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self._start(max(1.0, deadline - time.monotonic()))
+            except PortTaken:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)  # the port is someone else's for now: try again
 
     async def arestart(self) -> ServerProcess:
         """:meth:`restart` for async tests."""
-        await asyncio.to_thread(self.stop)
-        return await self.astart()
+        return await asyncio.to_thread(self.restart)
 
     async def await_exit(self, timeout: float = 20.0) -> int:
         """:meth:`wait` for async tests."""
@@ -282,7 +292,7 @@ SHARED_FLAGS = ("--keepalive", "1", "--connect-rate-limit", "0")
 
 
 @pytest.fixture(scope="session")
-def server() -> Iterator[ServerProcess]:
+def shared_server() -> Iterator[ServerProcess]:
     """One hub for the run (memory backend, memory store), shared by every test that needs
     no flags of its own: such a test uses topics and tasks of its own (:func:`uid`) and
     reads counters as differences. A test that stops, restarts or signals a hub, or needs
@@ -295,17 +305,9 @@ def server() -> Iterator[ServerProcess]:
 
 
 @pytest.fixture
-def own_server(server_factory: ServerFactory) -> ServerProcess:
-    """A hub of this test's own, with the shared hub's flags: for a test that reads its
-    counters from zero, lists everything, or stops or signals the hub."""
-    return server_factory(*SHARED_FLAGS)
-
-
-@pytest.fixture
-async def own_http(own_server: ServerProcess) -> AsyncIterator[httpx.AsyncClient]:
-    """An async HTTP client for ``own_server``."""
-    async with httpx.AsyncClient(base_url=own_server.url, timeout=10) as client:
-        yield client
+def server(shared_server: ServerProcess) -> ServerProcess:
+    """The shared hub (:func:`shared_server`); a module may give ``server`` its own."""
+    return shared_server
 
 
 @pytest.fixture

@@ -404,12 +404,13 @@ def test_secret_is_never_printed_in_help_errors_or_logs() -> None:
     assert help_text.returncode == 0
     assert SECRET not in help_text.stdout + help_text.stderr
     # An error about another setting, with the secret set.
-    other = serve("--queue-size", "0", env={"TIDINGS_JWT_SECRET": SECRET})
+    other = refused("--queue-size", "0", env={"TIDINGS_JWT_SECRET": SECRET})
     assert SECRET not in other.stderr + other.stdout
     # An error about the secret itself does not echo it.
     short = "s3cr3t-but-short"
-    refused = serve("--jwt-secret", short)
-    assert short not in refused.stderr + refused.stdout
+    too_short = refused("--jwt-secret", short)
+    assert too_short.returncode == 2
+    assert short not in too_short.stderr + too_short.stdout
     # A running hub, with requests that carry tokens.
     with running_server("--jwt-secret", SECRET, "--log-level", "debug") as server:
         tok = token("ops", admin=True)

@@ -31,6 +31,7 @@ from tests.conftest import (
     TcpProxy,
     free_port,
     open_sse,
+    until,
     wait_for,
 )
 
@@ -82,11 +83,11 @@ async def publish_when_ready(
 
 async def wait_ready(client: httpx.AsyncClient, node: ServerProcess, status: int) -> None:
     """Wait until ``/readyz`` answers ``status``."""
-    async with asyncio.timeout(20):
-        while True:
-            if (await client.get(f"{node.url}/readyz")).status_code == status:
-                return
-            await asyncio.sleep(0.05)
+
+    async def answers() -> bool:
+        return (await client.get(f"{node.url}/readyz")).status_code == status
+
+    await until(answers, 20, f"/readyz to answer {status}")
 
 
 async def datas(reader: SSEReader, count: int) -> list[Any]:

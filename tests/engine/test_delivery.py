@@ -302,10 +302,17 @@ async def test_a_stream_ended_during_a_write_through_pass_gets_its_event_first()
     await hub.start()
     try:
         ended: list[Connection] = []
+
+        def end(conn: Connection) -> None:
+            # As the server does: the stream's end closes the socket, and once it is gone
+            # the connection is finished (so the hub's close does not wait out its grace).
+            ended.append(conn)
+            asyncio.get_running_loop().call_soon(conn.finish)
+
         streams = []
         for _ in range(FLUSH_BATCH + 5):
             conn, transport = await open_direct(hub, ["t"])
-            conn.attach(transport, functools.partial(ended.append, conn))
+            conn.attach(transport, functools.partial(end, conn))
             streams.append((conn, transport))
         await settle(hub)
         for _, transport in streams:

@@ -28,6 +28,7 @@ from tests.conftest import (
     SSEReader,
     TcpProxy,
     open_sse,
+    until,
 )
 from tests.web._security import SECRET, bearer, token
 from tidings.client import AsyncPublisher, Publisher
@@ -43,6 +44,7 @@ from tidings.errors import (
     TaskNotFound,
 )
 from tidings.hub import Hub
+from tidings.tasks import maintenance
 from tidings.tasks.redis import RedisTaskStore
 from tidings.tasks.service import open_store
 from tidings.wire import ServerSentEvent
@@ -482,11 +484,11 @@ async def held(stream: SSEReader) -> None:
 
 async def wait_log(node: ServerProcess, text: str) -> None:
     """Wait until the node has logged ``text``."""
-    async with asyncio.timeout(20):
-        while True:
-            if text in node.log():
-                return
-            await asyncio.sleep(0.05)
+
+    async def logged() -> bool:
+        return text in node.log()
+
+    await until(logged, 20, f"the node to log {text!r}")
 
 
 async def test_a_task_stream_opened_while_redis_is_unreachable_starts_when_it_is_back(
@@ -602,13 +604,13 @@ async def test_a_held_subscription_to_an_own_task_topic_is_checked_when_the_stor
         await held(other)
         await proxy.restore()
         assert await other.until_end(timeout=20) == []
+
         # A change goes through once the node's link is back.
-        async with asyncio.timeout(20):
-            while True:
-                progress = f"{node.url}/tasks/{task_id}/progress"
-                if (await http.post(progress, headers=alice)).status_code == 200:
-                    break
-                await asyncio.sleep(0.1)
+        async def progressed() -> bool:
+            progress = f"{node.url}/tasks/{task_id}/progress"
+            return (await http.post(progress, headers=alice)).status_code == 200
+
+        await until(progressed, 20, "a change to go through")
         event = await owner.next(timeout=20)
     assert (event.event, data(event)["sequence"]) == ("task_progress", 2)
     refused = await http.get(f"{node.url}/events", params=query, headers=bob)
@@ -645,7 +647,8 @@ async def test_an_unreachable_task_store_is_one_log_line_not_a_traceback(
     node, proxy = cut_node
     await proxy.cut()
     await wait_log(node, "task store is unreachable")
-    await asyncio.sleep(2.5)  # more maintenance steps (every second) while it stays down
+    # More maintenance steps while it stays down: the outage is a time window here.
+    await asyncio.sleep(2.5 * maintenance.INTERVAL)
     await proxy.restore()
     await wait_log(node, "task store is reachable again")
     log = node.log()

@@ -47,14 +47,11 @@ HELPERS = """async (src) => {
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 
-@pytest.fixture(scope="module")
-def hub() -> Iterator[ServerProcess]:
-    """One hub for the tests that need no flags of their own (each uses its own ids)."""
-    proc = ServerProcess(("--keepalive", "1"))
-    try:
-        yield proc.start()
-    finally:
-        proc.close()
+@pytest.fixture
+def hub(server: ServerProcess) -> ServerProcess:
+    """The shared hub, for the tests that need no flags of their own (each uses its own
+    ids)."""
+    return server
 
 
 @pytest.fixture(scope="module")

@@ -217,9 +217,9 @@ def test_wildcard_origin_is_never_combined_with_credentials() -> None:
     assert "last-event-id" in header_set(pre, "access-control-allow-headers")
 
 
-def test_without_an_allow_list_no_origin_is_allowed() -> None:
-    with running_server() as proc:
-        simple = httpx.get(proc.url + "/healthz", headers={"Origin": APP}, timeout=10)
-        pre = preflight(proc, "POST", "/publish", APP, "content-type")
+def test_without_an_allow_list_no_origin_is_allowed(shared_server: ServerProcess) -> None:
+    proc = shared_server  # no allow list: the defaults
+    simple = httpx.get(proc.url + "/healthz", headers={"Origin": APP}, timeout=10)
+    pre = preflight(proc, "POST", "/publish", APP, "content-type")
     assert "access-control-allow-origin" not in simple.headers
     assert "access-control-allow-origin" not in pre.headers

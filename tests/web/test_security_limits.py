@@ -9,7 +9,7 @@ which keeps every assertion free of timing.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import orjson
@@ -25,6 +25,7 @@ from tests.web._security import (
     open_stream,
     raw_socket,
     read_all,
+    running_server,
     stream_status,
     token,
     topics,
@@ -126,13 +127,19 @@ async def test_a_refused_subscription_takes_no_slot(server_factory: ServerFactor
 # -- rates -----------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def connect_limited() -> Iterator[ServerProcess]:
+    """A hub that takes one stream attempt per address, then one per 100 s: each test
+    comes from addresses of its own."""
+    with running_server("--connect-rate-limit", "0.01") as server:
+        yield server
+
+
 async def test_connection_attempts_per_ip_are_rate_limited_with_retry_after(
-    server_factory: ServerFactory,
+    connect_limited: ServerProcess,
 ) -> None:
-    server = await server_factory.start(
-        "--connect-rate-limit", "0.01"
-    )  # a burst of 1, then 1 per 100 s
-    async with client_at(server, OTHER_IP) as client, client_at(server) as other:
+    server = connect_limited
+    async with client_at(server, "127.0.1.1") as client, client_at(server, "127.0.1.2") as other:
         assert (await stream_status(client, topics("a"))).status_code == 200
         refused = await stream_status(client, topics("a"))
         expect_error(refused, 429, "rate_limited")
@@ -145,10 +152,10 @@ async def test_connection_attempts_per_ip_are_rate_limited_with_retry_after(
 
 
 async def test_a_flood_from_one_ip_is_cut_while_another_ip_is_served(
-    server_factory: ServerFactory,
+    connect_limited: ServerProcess,
 ) -> None:
-    server = await server_factory.start("--connect-rate-limit", "0.01")
-    async with client_at(server, OTHER_IP) as flood, client_at(server) as other:
+    server = connect_limited
+    async with client_at(server, "127.0.2.1") as flood, client_at(server, "127.0.2.2") as other:
 
         async def attempt() -> int:
             return (await stream_status(flood, topics("firehose"))).status_code
