@@ -22,7 +22,7 @@ from tests.backends.conftest import StartNodes
 from tests.conftest import ServerProcess
 from tidings.client import subscribe
 
-CLIENTS = 100
+CLIENTS = 60
 WINDOW = 2.0
 
 
@@ -67,7 +67,7 @@ async def test_a_drained_node_hands_its_clients_over_gradually_and_loses_nothing
         await http.get(f"{b.url}/healthz")
 
     try:
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(90):
             while await streams_on(a) + await streams_on(b) < CLIENTS:
                 await publish(len(published))
         on_a = await streams_on(a)
@@ -77,7 +77,7 @@ async def test_a_drained_node_hands_its_clients_over_gradually_and_loses_nothing
         # Sample the survivor's streams while publishing goes on, until a's are all back.
         samples: list[tuple[float, int]] = []
         began = time.monotonic()
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(90):
             while (count := await streams_on(b)) < CLIENTS:
                 samples.append((time.monotonic() - began, count))
                 await publish(len(published))
@@ -93,9 +93,10 @@ async def test_a_drained_node_hands_its_clients_over_gradually_and_loses_nothing
             task.cancel()
         await asyncio.gather(*clients, return_exceptions=True)
 
-    # Gradually: within any 0.25 s, at most three times the share of a's streams the window
-    # gives that long (all of them at once, without the drain).
-    bound = 3 * on_a * 0.25 / WINDOW
+    # Gradually: within any 0.25 s, at most half of a's streams come over (without the
+    # drain they all come in one such moment; with it, about an eighth of them). The bound
+    # is loose on purpose: a busy machine may bunch them up a little, never that much.
+    bound = on_a / 2
     for t0, c0 in samples:
         later = [c for t, c in samples if t0 < t <= t0 + 0.25]
         if later:
