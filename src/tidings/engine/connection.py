@@ -1,48 +1,28 @@
 """One subscriber's stream: a bounded queue of SSE bytes with conflation and backpressure.
 
-Decisions worth knowing before changing this file:
+Decisions worth knowing before changing this file (docs/architecture.md, "The publish
+path" and "Delivery under load", draws them):
 
-- The queue holds *frames* (already encoded bytes), never events to encode: the engine
-  encodes each event once and every connection shares those bytes (SPEC §4).
-- :meth:`Connection.push` runs inside the dispatch loop, once per matching connection per
-  event. It must not await, allocate much, or touch the subscription index (the index is
-  being iterated). It appends and, the first time in a loop tick, marks the connection
-  dirty; the dispatcher then flushes every dirty connection once, in one callback, at the
-  next tick. So the events of one tick reach a connection in one write, and no task wakes
-  up per event.
-- An idle engine skips the queue: :func:`write_through` writes an event straight to each
-  sink connection that has nothing queued and room in its sink (see
-  :meth:`Dispatcher.dispatch <tidings.engine.dispatch.Dispatcher.dispatch>`). A connection
-  with frames queued always gets the next event queued behind them, so the two paths never
-  reorder a stream.
-- Two ways to write, chosen by whoever serves the stream:
-
-  * **sink** (``tidings serve``): the server hands the connection its socket's transport
-    (:meth:`attach`), and the dispatcher's flush writes HTTP/1.1 chunks to it. No task per
-    stream, no per-event wake-up, one ``write`` per tick. The server is told once, through
-    the ``on_end`` callback, that the stream is over.
-  * **pull** (an ASGI app under any server): the response's task is the writer; it waits
-    in :meth:`next_chunk` and sends each tick's bytes through ASGI ``send`` as one chunk.
-
-- Backpressure: while a sink holds more than :data:`HIGH_WATER` unsent bytes, frames stay
-  in the queue (where newer ``task_progress`` events replace older ones), and the
-  dispatcher retries the connection a few times a second. In pull mode the ASGI server's
-  own flow control holds the writer in ``send`` and frames wait in the queue the same way.
-- Conflation (SPEC §4): a queued ``task_progress`` of a topic is blanked (``b""``) and the
-  newer frame appended at the end, so ids and ``sequence`` never go backwards on the wire.
-- Over its bound (events or bytes) a connection is cut, not trimmed: its queue is
-  discarded (counted as dropped), it ends at once (a sink is aborted; a pull stream ends
-  its response as soon as its writer is free), and the client resumes from its last id
-  while history fills the hole. Nothing is dropped silently.
-- A *held* stream sends no event until its start is done (its replay is put in front; a
-  task's state, or the check of its owner, is read). While the start waits for the backend
-  (an outage, SPEC §3) the client still gets the opening bytes and keep-alive comments
-  (:meth:`Connection.send_ahead`): comments are not events, so sending them first reorders
-  nothing. A held stream that ends before its start is done sends none of the events it
-  queued (:meth:`Connection.drop_events`): they would skip what must come first, and the
-  client would resume past it.
-- Whoever serves the stream calls :meth:`finish` once when it is over; that frees its
-  place in the engine (index, stream caps).
+- The queue holds *frames* (encoded once, shared by every connection), never events.
+- :meth:`Connection.push` runs in the dispatch loop, once per matching connection per
+  event: it must not await, allocate much, or touch the index (being iterated). It appends
+  and, the first time in a tick, marks the connection dirty; the dispatcher then flushes
+  every dirty connection once. :func:`fan_out` and :func:`write_through` are that loop and
+  the idle engine's write-through; they repeat a few lines of ``push`` for speed. A
+  connection with frames queued always gets the next event queued behind them.
+- Two ways to write, chosen by whoever serves the stream: **sink** (``tidings serve``
+  attaches the socket's transport: no task per stream, one ``write`` per tick, ``on_end``
+  says when it is over) or **pull** (an ASGI response's task waits in
+  :meth:`next_chunk` and sends each tick's bytes as one chunk).
+- Backpressure: while a sink holds over :data:`HIGH_WATER` unsent bytes, frames wait in
+  the queue (where newer ``task_progress`` replaces older: blanked and appended at the end,
+  so ids and ``sequence`` never go backwards); over its bound a connection is cut, not
+  trimmed (counted), and its client resumes from its last id.
+- A *held* stream sends no event until its start is done (replay, task state, owner
+  check); meanwhile it may send its opening bytes and keep-alive comments
+  (:meth:`send_ahead`), and if it ends first it sends none of its events
+  (:meth:`drop_events`).
+- Whoever serves the stream calls :meth:`finish` once when it is over.
 """
 
 from __future__ import annotations
