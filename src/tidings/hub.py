@@ -52,7 +52,7 @@ class Hub:
         settings: a :class:`~tidings.config.Settings`; built from the environment if omitted.
         backend: a backend URL or instance; overrides ``settings.backend``.
         authenticate: ``authenticate(request) -> Principal | None`` for applications with
-            their own auth; it replaces the built-in JWT check.
+            their own auth; it replaces the built-in JWT check and the auth proxy.
         handle_signals: whether :meth:`lifespan` ends streams on SIGTERM/SIGINT before the
             server waits for open responses (see :meth:`lifespan`). ``tidings serve`` ends
             them itself and passes ``False``.

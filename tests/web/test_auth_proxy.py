@@ -56,6 +56,10 @@ GARBAGE = {
     "adminflag": (Reply(200, json={"sub": "a", "tidings": {"admin": "yes"}}), "'tidings.admin'"),
     "redirect": (Reply(302, body=b"", headers={"Location": "/login"}), "a redirect"),
     "notfound": (Reply(404, body=b"not found"), "HTTP 404"),
+    "gzip": (
+        Reply(200, body=b"not gzip", headers={"Content-Encoding": "gzip"}),
+        "cannot be decoded",
+    ),
     "huge": (Reply(200, body=b'{"sub": "a", "x": "' + b"x" * 70_000 + b'"}'), "over 65536"),
 }
 
@@ -147,7 +151,7 @@ async def test_a_session_cookie_opens_a_stream_with_the_grants_the_app_answers(
 async def test_the_app_gets_the_cookies_and_authorization_and_nothing_else(
     http: httpx.AsyncClient, app: LocalApp, uid: str
 ) -> None:
-    cookie = f"session=user:alice-{uid}; theme=dark"
+    cookie = f"session=user:alice-{uid}; theme=dark; name=caf\xe9"  # any byte goes through
     headers = {
         "Cookie": cookie,
         "Authorization": f"Session user:alice-{uid}",
@@ -156,7 +160,9 @@ async def test_the_app_gets_the_cookies_and_authorization_and_nothing_else(
         "User-Agent": "the-browser",
     }
     params = topics(f"chat/{uid}", token="query-token-not-for-the-app")
-    assert (await stream_status(http, params, headers)).status_code == 200
+    raw = {name.encode(): value.encode("latin-1") for name, value in headers.items()}
+    async with http.stream("GET", "/events", params=params, headers=raw) as response:
+        assert response.status_code == 200
     [seen] = [r for r in app.requests if r.headers.get("cookie") == cookie]
     assert seen.method == "GET"
     assert seen.path == "/auth?app=tidings"  # the configured URL, not the client's query

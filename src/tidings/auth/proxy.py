@@ -71,29 +71,43 @@ MAX_CACHED = 10_000
 @dataclass(frozen=True, slots=True)
 class Credentials:
     """What the hub passes on to the auth proxy: the caller's ``Cookie`` and
-    ``Authorization`` headers as it sent them (``None`` when absent)."""
+    ``Authorization`` headers as it sent them (``None`` when absent).
+
+    Header values are text decoded as Latin-1, as ASGI servers decode them, so every byte
+    the client sent goes to the endpoint unchanged (a cookie need not be ASCII).
+    """
 
     cookie: str | None = None
     authorization: str | None = None
 
     def key(self) -> bytes:
-        """The cache key: a hash of both values, each length-prefixed so that no two
-        different pairs share a key, and the raw credentials are not kept as keys."""
+        """The cache key: a hash of both values, each length-prefixed (an absent one is a
+        length no value has) so that no two different pairs share a key, and the raw
+        credentials are not kept as keys."""
         digest = hashlib.sha256()
         for value in (self.cookie, self.authorization):
-            data = b"\xff" if value is None else value.encode("utf-8", "surrogateescape")
-            digest.update(len(data).to_bytes(8, "big"))
+            data = b"" if value is None else _raw(value)
+            size = 2**64 - 1 if value is None else len(data)
+            digest.update(size.to_bytes(8, "big"))
             digest.update(data)
         return digest.digest()
 
-    def headers(self) -> dict[str, str]:
+    def headers(self) -> dict[bytes, bytes]:
         """The headers of the request to the endpoint that carry these credentials."""
         headers = {}
         if self.cookie is not None:
-            headers["Cookie"] = self.cookie
+            headers[b"Cookie"] = _raw(self.cookie)
         if self.authorization is not None:
-            headers["Authorization"] = self.authorization
+            headers[b"Authorization"] = _raw(self.authorization)
         return headers
+
+
+def _raw(value: str) -> bytes:
+    """The bytes of a header value (text that is not Latin-1 is sent as UTF-8)."""
+    try:
+        return value.encode("latin-1")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape")
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +290,8 @@ class AuthProxy:
             async with client.stream("GET", self.url, headers=credentials.headers()) as response:
                 status = response.status_code
                 body = await _read_limited(response)
+        except httpx.DecodingError:
+            raise self._invalid("its answer cannot be decoded (Content-Encoding)") from None
         except httpx.TimeoutException as exc:
             self._counts["unavailable"] += 1
             logger.warning("auth proxy %s did not answer within %g s", self.shown_url, self.timeout)
