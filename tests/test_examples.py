@@ -87,7 +87,10 @@ async def test_auth_proxy_example_authenticates_streams_with_the_flask_session(
             except httpx.HTTPError:
                 return False
 
-        await until(up, 20, "the example app and its hub")
+        try:
+            await until(up, 30, "the example app and its hub")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; its output:\n{log.read_text()}") from None
         topics = httpx.QueryParams([("topic", "users/alice/**"), ("topic", "lobby")])
         async with httpx.AsyncClient(base_url=hub_url, timeout=10) as anonymous:
             response = await anonymous.get("/events", params=topics)
