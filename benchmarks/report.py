@@ -133,12 +133,17 @@ def markdown(data: dict[str, Any]) -> str:
         value = r.get("latency_us", {}).get("p99")
         return float(value) if value is not None and value >= 0 else None
 
-    rows = _by_server(results, "A")
-    if rows:
+    for a_name, a_title in (
+        ("A", "publish as fast as delivered"),
+        ("A1", "one publishing connection, as fast as delivered"),
+    ):
+        rows = _by_server(results, a_name)
+        if not rows:
+            continue
         refs = _refs(rows, deliveries)
         out += [
             "",
-            f"## A — {plan['a_subs']:,} subscribers, publish as fast as delivered "
+            f"## {a_name} — {plan['a_subs']:,} subscribers, {a_title} "
             f"({plan['a_seconds']:.0f} s, at most {plan['a_lead']} events ahead)",
             "",
         ]

@@ -61,7 +61,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 IMAGES = ROOT / "docs" / "images"
 #: The whole run must end within 15 minutes; stop starting new runs after this.
 BUDGET_SECONDS = 14 * 60
-ALL_SCENARIOS = "A,B,C,D,E,F"
+ALL_SCENARIOS = "A,A1,B,C,D,E,F"
 #: D2 compares tidings with the bound (see ``Plan.d2_rate``).
 D2_SERVERS = ("tidings", "bare-uvloop")
 #: Debian packages the run uses, installed when missing and running as root.
@@ -131,10 +131,14 @@ QUICK = Plan(
 class Run:
     """One benchmark run: its plan, its results and its notes."""
 
-    def __init__(self, plan: Plan, servers: list[ServerSpec], *, profile: bool) -> None:
+    def __init__(
+        self, plan: Plan, servers: list[ServerSpec], *, profile: bool, profile_e: bool = False
+    ) -> None:
         self.plan = plan
         self.servers = servers
         self.profile = profile
+        #: Profile E's measured run (``--profile E``): E is tidings-only, nothing to compare.
+        self.profile_e = profile_e
         self.results: list[dict[str, Any]] = []
         self.notes: list[str] = []
         self.started = time.monotonic()
@@ -182,6 +186,7 @@ def fanout(
     drain_ms: int = 0,
     memory_scenario: str | None = None,
     server_extra: list[str] | None = None,
+    publishers: int | None = None,
 ) -> None:
     """Open ``subs`` subscribers, publish for ``seconds``, and record what arrived."""
     with run_server(spec, extra=server_extra) as server:
@@ -196,6 +201,7 @@ def fanout(
             lead=lead,
             drain_ms=drain_ms,
             memory_scenario=memory_scenario,
+            publishers=publishers,
         )
     if result is not None:
         run.record(result)
@@ -214,6 +220,7 @@ def measure_fanout(
     drain_ms: int = 0,
     memory_scenario: str | None = None,
     profile_out: Path | None = None,
+    publishers: int | None = None,
 ) -> dict[str, Any] | None:
     spec = server.spec
     warm_up(server)
@@ -256,7 +263,8 @@ def measure_fanout(
             pub_args += ["--rate", str(rate)]
         else:
             pub_args += ["--stats-file", str(stats_file), "--subscribers", str(subs)]
-            pub_args += ["--lead", str(lead), "--conns", str(run.plan.a_publishers)]
+            conns = publishers if publishers is not None else run.plan.a_publishers
+            pub_args += ["--lead", str(lead), "--conns", str(conns)]
         meter = server.meter()
         publisher = Publisher(mode, pub_args)
         try:
@@ -341,6 +349,28 @@ def scenario_a(run: Run) -> None:
         )
 
 
+def scenario_a1(run: Run) -> None:
+    """A with one publishing connection (an application that publishes in one place): the
+    requests of one keep-alive connection, pipelined, against the same subscribers."""
+    p = run.plan
+    for spec in run.servers:
+        run.attempt(
+            "A1",
+            spec.name,
+            p.a_seconds + 15,
+            lambda spec=spec: fanout(  # type: ignore[misc]
+                run,
+                spec,
+                scenario="A1",
+                subs=p.a_subs,
+                mode="max",
+                seconds=p.a_seconds,
+                lead=p.a_lead,
+                publishers=1,
+            ),
+        )
+
+
 def scenario_b(run: Run, *, with_c: bool) -> None:
     p = run.plan
     for spec in run.servers:
@@ -405,6 +435,7 @@ def scenario_d(run: Run) -> None:
 def scenario_e(run: Run) -> None:
     p = run.plan
     spec = SERVERS["tidings"]
+    e_profile = BUILD / "profile-tidings-E.txt"
 
     def go() -> None:
         with run_server(spec) as server:
@@ -460,18 +491,31 @@ def scenario_e(run: Run) -> None:
                         str(p.e_window),
                     ],
                 )
+                profiler = None
                 try:
                     worker.wait_started()
                     meter.start()
                     lg.send("start")
+                    if run.profile_e:
+                        profiler = start_profiler(server, p.e_seconds, e_profile)
                     pub = worker.report(p.e_seconds + 120)
                     lg_report = lg.finish(p.e_drain_ms, 0, timeout=30)
                     cpu = meter.read()
                 finally:
                     worker.close()
+                    if profiler is not None:
+                        with contextlib.suppress(subprocess.TimeoutExpired):
+                            profiler.wait(30)
+                        stop_process(profiler, grace=5)
             finally:
                 lg.close()
         updates = pub["ok"] + pub["final_ok"]
+        profiled = {}
+        if profiler is not None and e_profile.exists():
+            profiled = {
+                "profile": str(e_profile.relative_to(ROOT)),
+                "profile_summary": profile_summary.summarize(profile_summary.load(e_profile), 30),
+            }
         run.record(
             {
                 "scenario": "E",
@@ -493,6 +537,7 @@ def scenario_e(run: Run) -> None:
                 "us_cpu_per_task_update": round(cpu["server_cpu_seconds"] * 1e6 / updates, 1)
                 if updates
                 else None,
+                **profiled,
             }
         )
 
@@ -789,8 +834,9 @@ def main(argv: list[str] | None = None) -> int:
         "--profile",
         nargs="?",
         const="A",
-        choices=["A", "B"],
-        help="also run tidings under py-spy in scenario A (default) or B",
+        choices=["A", "B", "E"],
+        help="also run tidings under py-spy in scenario A (default) or B; E profiles the "
+        "measured run of E (task progress) itself",
     )
     parser.add_argument("--no-install", action="store_true", help="never apt-get install")
     parser.add_argument("--no-plots", action="store_true")
@@ -827,7 +873,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--set: no plan field {name!r}")
         current = getattr(plan, name)
         plan = replace(plan, **{name: type(current)(value)})
-    run = Run(plan, servers, profile=args.profile is not None)
+    run = Run(plan, servers, profile=args.profile is not None, profile_e=args.profile == "E")
     for n in notes:
         run.note(n)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -840,6 +886,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if "A" in scenarios:
             scenario_a(run)
+        if "A1" in scenarios:
+            scenario_a1(run)
         if "B" in scenarios:
             scenario_b(run, with_c="C" in scenarios)
         elif "C" in scenarios:
@@ -850,7 +898,7 @@ def main(argv: list[str] | None = None) -> int:
             scenario_e(run)
         if "F" in scenarios and "tidings" in names:
             scenario_f(run)
-        if args.profile and "tidings" in names:
+        if args.profile in ("A", "B") and "tidings" in names:
             profile_tidings(run, args.profile)
     except KeyboardInterrupt:
         run.note("interrupted")

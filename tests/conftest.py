@@ -109,6 +109,11 @@ def run_main(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
     return subprocess.CompletedProcess(["tidings", *args], code, out.getvalue(), err.getvalue())
 
 
+#: Seconds a ``tidings serve`` process has to answer ``/healthz``. It starts in about a
+#: second; the margin is for a machine whose cores are all busy (parallel test workers).
+START_TIMEOUT = 60.0
+
+
 class PortTaken(Exception):
     """The server could not bind its port: another process took it first."""
 
@@ -125,7 +130,7 @@ class ServerProcess:
         self._log = tempfile.NamedTemporaryFile(prefix="tidings-", suffix=".log", delete=False)  # noqa: SIM115
         self.log_path = Path(self._log.name)
 
-    def start(self, timeout: float = 20.0) -> ServerProcess:
+    def start(self, timeout: float = START_TIMEOUT) -> ServerProcess:
         """Start the process and wait until it answers ``/healthz``.
 
         A port found free can be taken by another process before the server binds it;
@@ -138,7 +143,7 @@ class ServerProcess:
                 self._new_port()
         return self._start(timeout)
 
-    async def astart(self, timeout: float = 20.0) -> ServerProcess:
+    async def astart(self, timeout: float = START_TIMEOUT) -> ServerProcess:
         """:meth:`start` for async tests: the wait does not block the event loop."""
         for _ in range(3):
             try:
@@ -219,7 +224,7 @@ class ServerProcess:
             self.proc.wait()
             raise
 
-    def restart(self, timeout: float = 20.0) -> ServerProcess:
+    def restart(self, timeout: float = START_TIMEOUT) -> ServerProcess:
         """Stop and start again on the same port (clients come back to it).
 
         Another test's server may have probed the port while it was free: the start is

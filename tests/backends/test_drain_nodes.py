@@ -18,11 +18,9 @@ from collections.abc import Callable
 
 import httpx
 
-from tests.backends.test_cluster import StartNodes, http, nginx, start_nodes
+from tests.backends.conftest import StartNodes
 from tests.conftest import ServerProcess
 from tidings.client import subscribe
-
-__all__ = ["http", "nginx", "start_nodes"]  # the fixtures this module uses
 
 CLIENTS = 100
 WINDOW = 2.0
