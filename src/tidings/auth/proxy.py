@@ -243,11 +243,11 @@ class AuthProxy:
         self._asking[key] = future
         try:
             answer, lifetime = await self._ask(credentials)
-        except asyncio.CancelledError:
-            future.set_exception(_AskAgain())
+        except Exception as exc:
+            future.set_exception(exc)  # the same failure for who waited
             raise
-        except BaseException as exc:
-            future.set_exception(exc)
+        except BaseException:
+            future.set_exception(_AskAgain())  # cancelled (its client left): not theirs
             raise
         else:
             future.set_result(answer)
