@@ -127,6 +127,23 @@ def assert_one_line(result: subprocess.CompletedProcess[str], *needles: str) -> 
         (("--cors-origin", "ftp://a.example"), "--cors-origin"),
         (("--jwt-audience", ""), "--jwt-audience"),
         (("--jwt-issuer", " "), "--jwt-issuer"),
+        # What the hub fetches: the application's auth endpoint, the provider's keys.
+        (("--auth-proxy", "app.example/auth"), "--auth-proxy"),
+        (("--auth-proxy", "ftp://app.example/auth"), "--auth-proxy"),
+        (("--auth-proxy", "http://app.example:0/auth"), "--auth-proxy"),
+        (("--auth-proxy", "http:///auth"), "--auth-proxy"),
+        (("--auth-proxy", "http://app.example/auth#x"), "--auth-proxy"),
+        (("--auth-proxy-publish",), "--auth-proxy-publish"),  # needs --auth-proxy
+        (("--auth-proxy-ttl", "-1"), "--auth-proxy-ttl"),
+        (("--auth-proxy-ttl", "inf"), "--auth-proxy-ttl"),
+        (("--auth-proxy-timeout", "0"), "--auth-proxy-timeout"),
+        (("--auth-proxy-timeout", "301"), "--auth-proxy-timeout"),
+        (("--jwt-jwks-url", "idp.example/jwks"), "--jwt-jwks-url"),
+        (("--jwt-jwks-url", "https://idp example/jwks"), "--jwt-jwks-url"),
+        (("--jwt-jwks-ttl", "0"), "--jwt-jwks-ttl"),
+        (("--jwt-jwks-ttl", "nan"), "--jwt-jwks-ttl"),
+        (("--jwt-secret", SECRET, "--jwt-jwks-url", "https://idp/jwks"), "--jwt-jwks-url"),
+        (("--jwt-public-key", "/x.pem", "--jwt-jwks-url", "https://idp/jwks"), "--jwt-jwks-url"),
         # Several workers need one task store they all see (and one backend).
         (("--workers", "2", "--backend", "redis://127.0.0.1:1/0", "--store", "memory"), "--store"),
         (
@@ -152,6 +169,20 @@ def test_a_refused_redis_url_does_not_show_its_password() -> None:
     line = assert_one_line(
         refused("--backend", "redis://:hunter2-secret@localhost/notadb"), "--backend", "'notadb'"
     )
+    assert "hunter2-secret" not in line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--auth-proxy", "http://app:hunter2-secret@app.example/auth"),
+        ("--auth-proxy", "ftp://app.example/auth?key=hunter2-secret"),
+        ("--jwt-jwks-url", "ftp://idp.example/jwks?key=hunter2-secret"),
+    ],
+)
+def test_a_refused_service_url_is_not_shown(args: tuple[str, ...]) -> None:
+    """A URL may hold a password or a key in its query: the line says what is wrong only."""
+    line = assert_one_line(refused(*args), args[0])
     assert "hunter2-secret" not in line
 
 

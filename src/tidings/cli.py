@@ -68,7 +68,7 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
         default = field.get_default(call_default_factory=True)
         shown = (
             ""
-            if name.startswith("jwt") or default in (None, [], False)
+            if name == "jwt_secret" or default in (None, [], False)
             else (f" (default: {default})")
         )
         help_text = f"{field.description}{shown} [{env}]"

@@ -72,6 +72,32 @@ class Settings(BaseSettings):
         None, description="Required 'aud' claim of tokens (set it when the key is shared)."
     )
     jwt_issuer: str | None = Field(None, description="Required 'iss' claim of tokens.")
+    jwt_jwks_url: str | None = Field(
+        None,
+        description="URL of a JWKS whose RS256/ES256 keys verify tokens, fetched at start-up "
+        "and refreshed; turns authentication on.",
+    )
+    jwt_jwks_ttl: float = Field(
+        300.0,
+        gt=0,
+        le=MAX_SECONDS,
+        description="Seconds JWKS keys are used before they are fetched again (an unknown kid: "
+        "sooner, at most every 30 s); if fetches fail, the last good keys serve as long again.",
+    )
+    auth_proxy: str | None = Field(
+        None,
+        description="URL of the application's endpoint asked who opens a stream (the request's "
+        "cookies and Authorization header are passed on); turns authentication on.",
+    )
+    auth_proxy_publish: bool = Field(
+        False, description="Ask the auth proxy about publishes and task changes too (else: JWT)."
+    )
+    auth_proxy_ttl: float = Field(
+        10.0, ge=0, le=MAX_SECONDS, description="Seconds an auth proxy answer is reused (0: never)."
+    )
+    auth_proxy_timeout: float = Field(
+        5.0, gt=0, le=300, description="Seconds to wait for the auth proxy (then 503)."
+    )
     allow_query_token: bool = Field(
         False, description="Accept the token in the 'token' query parameter (for EventSource)."
     )
@@ -219,6 +245,25 @@ class Settings(BaseSettings):
             raise ValueError("set either --jwt-secret or --jwt-public-key, not both")
         return value
 
+    @field_validator("jwt_jwks_url")
+    @classmethod
+    def _check_jwks_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and (info.data.get("jwt_secret") or info.data.get("jwt_public_key")):
+            raise ValueError("set one of --jwt-secret, --jwt-public-key and --jwt-jwks-url")
+        return None if value is None else _check_service_url(value)
+
+    @field_validator("auth_proxy")
+    @classmethod
+    def _check_auth_proxy(cls, value: str | None) -> str | None:
+        return None if value is None else _check_service_url(value)
+
+    @field_validator("auth_proxy_publish")
+    @classmethod
+    def _check_proxy_publish(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("auth_proxy") is None and "auth_proxy" in info.data:
+            raise ValueError("it needs --auth-proxy URL, the endpoint to ask")
+        return value
+
     @field_validator("jwt_audience", "jwt_issuer")
     @classmethod
     def _check_claim(cls, value: str | None) -> str | None:
@@ -287,9 +332,15 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def jwt_enabled(self) -> bool:
+        """Whether JWTs are verified: a secret, a public key or a JWKS URL is configured."""
+        keys = (self.jwt_secret, self.jwt_public_key, self.jwt_jwks_url)
+        return any(key is not None for key in keys)
+
+    @property
     def auth_enabled(self) -> bool:
-        """Whether JWT authentication is configured."""
-        return self.jwt_secret is not None or self.jwt_public_key is not None
+        """Whether authentication is on: JWTs, or an auth proxy."""
+        return self.jwt_enabled or self.auth_proxy is not None
 
 
 def is_loopback(host: str) -> bool:
@@ -373,6 +424,44 @@ def _parse_problem(exc: ValueError) -> str:
     return text
 
 
+def _check_service_url(url: str) -> str:
+    """``url`` if the hub can fetch it: ``http(s)://host[:port][/path][?query]``, with no
+    user name or password (the hub sends the caller's credentials, never its own from a
+    URL that logs could show).
+
+    Raises:
+        ValueError: it cannot (the message says why).
+    """
+    problem = _http_url_problem(url)
+    if problem is None:
+        parts = urlsplit(url)
+        if "@" in parts.netloc:
+            problem = "it has a user name or password"
+        elif parts.fragment or url.endswith("#"):
+            problem = "it has a fragment"
+    if problem is not None:
+        raise ValueError(f"{problem} (expected e.g. https://app.example/auth)")
+    return url
+
+
+def _http_url_problem(url: str) -> str | None:
+    """What keeps ``url`` from being ``http(s)://host[:port]...``, or ``None``."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        return _parse_problem(exc)
+    if any(char.isspace() for char in url):
+        return "it has spaces"
+    if parts.scheme not in ("http", "https"):
+        return "the scheme must be http:// or https://"
+    if not parts.hostname:
+        return "it has no host"
+    if port == 0:
+        return "the port is not a number from 1 to 65535"
+    return None
+
+
 def _redact_url(url: str) -> str:
     """``url`` with the password of its user part masked."""
     return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url)
@@ -386,22 +475,10 @@ def check_hub_url(url: str, *, flag: str = "--url") -> str:
     Raises:
         ConfigError: it cannot (the message names ``flag`` and says why).
     """
-    problem = None
-    try:
+    problem = _http_url_problem(url)
+    if problem is None:
         parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        problem = _parse_problem(exc)
-    else:
-        if any(char.isspace() for char in url):
-            problem = "it has spaces"
-        elif parts.scheme not in ("http", "https"):
-            problem = "the scheme must be http:// or https://"
-        elif not parts.hostname:
-            problem = "it has no host"
-        elif port == 0:
-            problem = "the port is not a number from 1 to 65535"
-        elif parts.query or parts.fragment or url.endswith(("?", "#")):
+        if parts.query or parts.fragment or url.endswith(("?", "#")):
             problem = "a hub URL has no query or fragment"
     if problem is not None:
         raise ConfigError(
@@ -429,5 +506,7 @@ def load_settings(**given: Any) -> Settings:
         raw = error.get("input")
         if name == "backend" and isinstance(raw, str):
             raw = _redact_url(raw)
-        shown = "" if name.startswith("jwt") or isinstance(raw, dict) else f" (got {raw!r})"
+        # Keys, and URLs that may carry a user name or a key in their query, are never shown.
+        hidden = name.startswith("jwt") or name == "auth_proxy" or isinstance(raw, dict)
+        shown = "" if hidden else f" (got {raw!r})"
         raise ConfigError(f"invalid {flag} / TIDINGS_{name.upper()}: {message}{shown}") from None

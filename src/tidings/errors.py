@@ -5,11 +5,14 @@
     TidingsError
     ├── ConfigError            a bad setting; the message names it
     ├── BadRequest             a request body that is not a JSON object (HTTP 400)
-    │   └── RequestTooLarge    a request body over the body limit (HTTP 413)
+    │   ├── RequestTooLarge    a request body over the body limit (HTTP 413)
+    │   └── UnsupportedMediaType  a write cookies may authenticate, not sent as JSON (HTTP 415)
     ├── InvalidTopic           a topic or pattern that breaks SPEC §2
     ├── InvalidEvent           an event type, id, payload or field that breaks SPEC §1/§3
     │   └── EventTooLarge      the encoded payload is over ``max_event_bytes``
     ├── NotAuthorized          the principal may not do this (HTTP 401/403)
+    ├── AuthUnavailable        the auth proxy or the JWKS cannot be reached (HTTP 503)
+    ├── AuthProxyError         the auth proxy's answer is not the documented JSON (HTTP 502)
     ├── LimitExceeded          a rate or connection limit was hit (HTTP 429)
     ├── ShuttingDown           the hub is stopping and takes no new work (HTTP 503)
     ├── TaskError
@@ -29,6 +32,8 @@ from __future__ import annotations
 from tidings.types import ServerSentEvent
 
 __all__ = [
+    "AuthProxyError",
+    "AuthUnavailable",
     "BackendUnavailable",
     "BadRequest",
     "ConfigError",
@@ -45,6 +50,7 @@ __all__ = [
     "TaskFinished",
     "TaskNotFound",
     "TidingsError",
+    "UnsupportedMediaType",
     "error_line",
 ]
 
@@ -88,6 +94,16 @@ class RequestTooLarge(BadRequest):
     status = 413
 
 
+class UnsupportedMediaType(BadRequest):
+    """A write that the auth proxy authenticates (so cookies may) was not sent as
+    ``Content-Type: application/json``. Browsers send that type to another origin only
+    after a CORS preflight, so the rule keeps other sites from publishing with a user's
+    cookies (CSRF). Send the body as JSON, with that header; nothing was done."""
+
+    code = "unsupported_media_type"
+    status = 415
+
+
 class InvalidTopic(TidingsError):
     """A topic or pattern is malformed (SPEC §2). Fix the name; nothing was done."""
 
@@ -126,6 +142,31 @@ class NotAuthorized(TidingsError):
     def __init__(self, message: str, *, code: str | None = None, status: int = 403) -> None:
         super().__init__(message, code=code)
         self.status = status
+
+
+class AuthUnavailable(TidingsError):
+    """Who is calling cannot be checked now: the auth proxy is down, answered with a server
+    error or not in time, or the JWKS could not be fetched for too long. Nothing was
+    granted; retry later.
+
+    Differs from :class:`NotAuthorized`, which is an answer about the caller, and from
+    :class:`AuthProxyError`, which is an auth proxy that answers, but not as documented.
+    ``__cause__`` holds the detail (logged, never sent to a client).
+    """
+
+    code = "auth_unavailable"
+    status = 503
+
+
+class AuthProxyError(TidingsError):
+    """The auth proxy answered, but not with what docs/security.md documents (a redirect to
+    a login page, a 404, JSON of another shape). Nothing was granted; the hub's log says
+    what was wrong. A configuration error of the application's endpoint: retrying will
+    not help until it is fixed.
+    """
+
+    code = "auth_proxy_error"
+    status = 502
 
 
 class LimitExceeded(TidingsError):

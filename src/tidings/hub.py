@@ -19,8 +19,10 @@ from fastapi import APIRouter
 from starlette.types import ASGIApp
 
 from tidings._version import __version__
-from tidings.auth.jwt import JWTVerifier
+from tidings.auth.jwks import JWKSVerifier
+from tidings.auth.jwt import JWTVerifier, TokenVerifier
 from tidings.auth.principal import ANONYMOUS, Principal
+from tidings.auth.proxy import AuthProxy
 from tidings.backends import open_backend
 from tidings.backends.base import Appended, Backend
 from tidings.config import Settings, load_settings
@@ -50,7 +52,7 @@ class Hub:
         settings: a :class:`~tidings.config.Settings`; built from the environment if omitted.
         backend: a backend URL or instance; overrides ``settings.backend``.
         authenticate: ``authenticate(request) -> Principal | None`` for applications with
-            their own auth; it replaces the built-in JWT check.
+            their own auth; it replaces the built-in JWT check and the auth proxy.
         handle_signals: whether :meth:`lifespan` ends streams on SIGTERM/SIGINT before the
             server waits for open responses (see :meth:`lifespan`). ``tidings serve`` ends
             them itself and passes ``False``.
@@ -79,8 +81,13 @@ class Hub:
         self.engine.task_access = self.tasks
         self.authenticate = authenticate
         #: Verifies bearer tokens when JWT auth is configured (and no ``authenticate``);
-        #: loaded by :meth:`start`, so a bad key stops start-up, not a request.
-        self.jwt_verifier: JWTVerifier | None = None
+        #: loaded by :meth:`start`, so a bad key (or a JWKS that cannot be fetched) stops
+        #: start-up, not a request.
+        self.jwt_verifier: TokenVerifier | None = None
+        #: Asks the application who a caller is (``--auth-proxy``, and no ``authenticate``);
+        #: its connection pool is opened by :meth:`start` and closed by :meth:`aclose`.
+        self.auth_proxy: AuthProxy | None = None
+        self._jwks: JWKSVerifier | None = None
         self._handle_signals = handle_signals
         self._previous_handlers: dict[int, Any] = {}
         #: Started once (a stopped hub is not started again by a late request).
@@ -94,20 +101,42 @@ class Hub:
         """Connect the backend, open the task store and start background work. Idempotent.
 
         Raises:
-            ConfigError: a bad JWT key or task store.
+            ConfigError: a bad JWT key, a JWKS that cannot be fetched, or a bad task store.
             BackendUnavailable: the task store cannot be opened.
         """
         if self.engine.running:
             return
         self.started = True
         if self.authenticate is None:
-            self.jwt_verifier = JWTVerifier.from_settings(self.settings)
-        await self.engine.start()
+            await self._start_auth()
         try:
-            await self.tasks.start()
+            await self.engine.start()
+            try:
+                await self.tasks.start()
+            except BaseException:
+                await self.engine.aclose()
+                raise
         except BaseException:
-            await self.engine.aclose()
+            await self._close_auth()
             raise
+
+    async def _start_auth(self) -> None:
+        """Load the JWT key or fetch the JWKS, and open the auth proxy's pool."""
+        self.jwt_verifier = JWTVerifier.from_settings(self.settings)
+        jwks = JWKSVerifier.from_settings(self.settings)
+        if jwks is not None:
+            await jwks.start()
+            self._jwks = self.jwt_verifier = jwks
+        proxy = AuthProxy.from_settings(self.settings)
+        if proxy is not None:
+            await proxy.start()
+            self.auth_proxy = proxy
+
+    async def _close_auth(self) -> None:
+        if self.auth_proxy is not None:
+            await self.auth_proxy.aclose()
+        if self._jwks is not None:
+            await self._jwks.aclose()
 
     async def start_on_request(self) -> None:
         """Start the hub for a request, when no lifespan did: some ASGI servers (daphne)
@@ -129,6 +158,7 @@ class Hub:
         await self.engine.wait_streams_closed(self.settings.shutdown_grace)
         await self.tasks.aclose()
         await self.engine.aclose()
+        await self._close_auth()
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Any = None) -> AsyncIterator[None]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -41,6 +41,8 @@ __all__ = [
     "MAX_TOKEN_TTL",
     "MIN_SECRET_BYTES",
     "JWTVerifier",
+    "TokenVerifier",
+    "decode_token",
     "mint_token",
     "principal_from_claims",
 ]
@@ -52,6 +54,23 @@ MAX_TOKEN_TTL = 3650 * 86400
 #: The latest ``exp``/``nbf``/``iat`` accepted: the end of year 9999 (a later date is not a
 #: real one, and no timer holds it).
 MAX_NUMERIC_DATE = 253402300799
+
+
+class TokenVerifier(Protocol):
+    """What the web layer asks of a verifier: the principal of a bearer token.
+
+    :class:`JWTVerifier` (a configured key) and
+    :class:`~tidings.auth.jwks.JWKSVerifier` (keys fetched from a JWKS URL) are the two.
+    """
+
+    async def averify(self, token: str) -> Principal:
+        """The principal of ``token``.
+
+        Raises:
+            NotAuthorized: (401) the token is not valid.
+            AuthUnavailable: (503) the keys to check it cannot be had now.
+        """
+        ...
 
 
 class JWTVerifier:
@@ -96,13 +115,14 @@ class JWTVerifier:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JWTVerifier | None:
-        """The verifier ``settings`` configure, or ``None`` when authentication is off.
+        """The verifier of the key ``settings`` configure, or ``None`` when they configure
+        none (no JWTs, or a JWKS URL).
 
         Raises:
             ConfigError: the key or secret is unusable (the message names the setting).
         """
-        if not settings.auth_enabled:
-            return None
+        if settings.jwt_secret is None and settings.jwt_public_key is None:
+            return None  # no JWTs, or keys from a JWKS (tidings.auth.jwks)
         secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
         return cls(
             secret=secret,
@@ -124,27 +144,50 @@ class JWTVerifier:
                 with another key or algorithm, for another audience or issuer, or its
                 claims are malformed.
         """
-        require = ["sub"]
-        if self._audience is not None:
-            require.append("aud")
-        if self._issuer is not None:
-            require.append("iss")
-        try:
-            claims = jwt.decode(
-                token,
-                self._key,
-                algorithms=self._algorithms,
-                audience=self._audience,
-                issuer=self._issuer,
-                options={"require": require, "verify_aud": self._audience is not None},
-                leeway=0,
-            )
-        except jwt.ExpiredSignatureError:
-            raise NotAuthorized("token expired", code="token_expired", status=401) from None
-        except (jwt.PyJWTError, OverflowError):
-            # OverflowError: a date claim no float holds (PyJWT compares it with the clock).
-            raise NotAuthorized("invalid token", code="invalid_token", status=401) from None
-        return principal_from_claims(claims)
+        return decode_token(
+            token,
+            self._key,
+            algorithm=self._algorithms[0],
+            audience=self._audience,
+            issuer=self._issuer,
+        )
+
+    async def averify(self, token: str) -> Principal:
+        """:meth:`verify`, as the :class:`TokenVerifier` protocol asks."""
+        return self.verify(token)
+
+
+def decode_token(
+    token: str, key: Any, *, algorithm: str, audience: str | None, issuer: str | None
+) -> Principal:
+    """The principal of ``token``, checked with ``key`` and ``algorithm`` only.
+
+    Raises:
+        NotAuthorized: (401) the token is malformed, expired, not yet valid, signed with
+            another key or algorithm, for another audience or issuer, or its claims are
+            malformed.
+    """
+    require = ["sub"]
+    if audience is not None:
+        require.append("aud")
+    if issuer is not None:
+        require.append("iss")
+    try:
+        claims = jwt.decode(
+            token,
+            key,
+            algorithms=[algorithm],
+            audience=audience,
+            issuer=issuer,
+            options={"require": require, "verify_aud": audience is not None},
+            leeway=0,
+        )
+    except jwt.ExpiredSignatureError:
+        raise NotAuthorized("token expired", code="token_expired", status=401) from None
+    except (jwt.PyJWTError, OverflowError):
+        # OverflowError: a date claim no float holds (PyJWT compares it with the clock).
+        raise NotAuthorized("invalid token", code="invalid_token", status=401) from None
+    return principal_from_claims(claims)
 
 
 def _load_public_key(text: str) -> tuple[Any, str]:

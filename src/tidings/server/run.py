@@ -7,6 +7,7 @@ import contextlib
 import resource
 import socket
 
+from tidings.auth.jwks import JWKSVerifier
 from tidings.config import Settings
 from tidings.errors import ConfigError, TidingsError
 from tidings.server.logs import configure_logging
@@ -15,23 +16,25 @@ from tidings.server.serve import bind_sockets
 from tidings.server.workers import Supervisor
 from tidings.tasks.sqlite import SQLiteTaskStore
 
-__all__ = ["check_listen", "check_store", "run"]
+__all__ = ["check_jwks", "check_listen", "check_store", "run"]
 
 
 def run(settings: Settings, factory: AppFactory) -> int:
     """Serve ``factory(settings)`` until SIGTERM/SIGINT; returns the exit code.
 
-    Before anything starts, the address is bound and an SQLite task store is opened and
-    closed: either failing is a :class:`ConfigError` naming the setting. A start that
-    still fails is one log line and exit code 1 (2 when a setting was refused).
+    Before anything starts, an SQLite task store is opened and closed, the JWKS fetched
+    and the address bound: each failing is a :class:`ConfigError` naming the setting. A
+    start that still fails is one log line and exit code 1 (2 when a setting was refused).
 
     Raises:
-        ConfigError: ``--host``/``--port`` cannot be listened on, or ``--store`` opened.
+        ConfigError: ``--store`` cannot be opened, ``--jwt-jwks-url`` fetched, or
+            ``--host``/``--port`` listened on.
         TidingsError: a worker failed to start (``--workers``); the message says why.
     """
     configure_logging(settings.log_level)
     _raise_open_files_limit()
     check_store(settings.store)
+    check_jwks(settings)
     sockets = check_listen(settings.host, settings.port)
     try:
         if settings.workers > 1:
@@ -81,6 +84,27 @@ def check_store(url: str) -> None:
             f"invalid --store / TIDINGS_STORE: cannot open {url!r} as an SQLite database: "
             f"{_reason(cause)}"
         ) from None
+
+
+def check_jwks(settings: Settings) -> None:
+    """Fetch the JWKS of ``--jwt-jwks-url`` once (unset: nothing to do); each hub process
+    fetches its own keys again when it starts.
+
+    Raises:
+        ConfigError: it cannot be fetched, or holds no usable key; the message names
+            ``--jwt-jwks-url`` and says why.
+    """
+    verifier = JWKSVerifier.from_settings(settings)
+    if verifier is None:
+        return
+
+    async def fetch() -> None:
+        try:
+            await verifier.start()
+        finally:
+            await verifier.aclose()
+
+    asyncio.run(fetch())
 
 
 def _reason(exc: BaseException) -> str:

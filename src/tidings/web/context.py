@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from tidings.auth.jwt import JWTVerifier
+from tidings.auth.jwt import TokenVerifier
+from tidings.auth.proxy import AuthProxy
 from tidings.config import Settings
 from tidings.engine import Engine
 from tidings.tasks.service import TaskService
@@ -42,8 +43,14 @@ class HubContext(Protocol):
         ...
 
     @property
-    def jwt_verifier(self) -> JWTVerifier | None:
+    def jwt_verifier(self) -> TokenVerifier | None:
         """Verifies bearer tokens when JWT auth is on (and no ``authenticate``)."""
+        ...
+
+    @property
+    def auth_proxy(self) -> AuthProxy | None:
+        """Asks the application who a caller is, when ``--auth-proxy`` is set (and no
+        ``authenticate``)."""
         ...
 
     @property

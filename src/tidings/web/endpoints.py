@@ -17,6 +17,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Scope
 
+from tidings.auth.jwks import JWKSVerifier
 from tidings.errors import (
     BackendUnavailable,
     BadRequest,
@@ -101,9 +102,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (404, "Not found"),
         (409, "Conflict"),
         (413, "Too large"),
+        (415, "Not sent as application/json (a write the auth proxy authenticates)"),
         (422, "Invalid fields"),
         (429, "Too many requests"),
-        (503, "Shutting down or backend unavailable"),
+        (502, "The auth proxy's answer is not the documented one"),
+        (503, "Shutting down, backend or auth proxy unavailable"),
     )
 }
 
@@ -257,7 +260,13 @@ async def stats(hub: HubContext, request: Request) -> Response:
 async def metrics(hub: HubContext, request: Request) -> Response:
     """``GET /metrics``: the same counters in Prometheus text format."""
     await require_admin(hub, request)
-    body, content_type = render_metrics(hub.engine.statistics(), await _active_tasks(hub))
+    proxy, verifier = hub.auth_proxy, hub.jwt_verifier
+    body, content_type = render_metrics(
+        hub.engine.statistics(),
+        await _active_tasks(hub),
+        auth_proxy=None if proxy is None else proxy.statistics(),
+        jwks=verifier.statistics() if isinstance(verifier, JWKSVerifier) else None,
+    )
     return Response(body, media_type=content_type)
 
 
