@@ -23,8 +23,10 @@
  *   file was loaded from, so `<hub>/static/tidings.js` talks to `<hub>`, on any origin and
  *   under any prefix. `configure({ baseUrl })` (or the `baseUrl` option of a call) points
  *   it elsewhere, e.g. `/api/v1/status`.
- * - **One connection per stream.** A second `createProgressStream` for a task returns the
- *   same controller (its handlers are added, and get the current state at once). Tabs of
+ * - **One connection per stream.** A second `createProgressStream` for a task in the same
+ *   page shares the first one's hub stream: it gets a controller of its own (its handlers
+ *   get the current state at once, and its `close()` stops only them); the stream closes
+ *   when the last of them closes. Tabs of
  *   one origin share connections (SPEC §9): one tab, the leader, elected with a Web Lock,
  *   holds each stream once and rebroadcasts its events over a BroadcastChannel; when it
  *   closes, the next tab takes over and resumes from the last event id, so nothing is
@@ -1041,7 +1043,8 @@ function sinkOf(target) {
 /**
  * @typedef {object} ProgressStream
  * @property {string} taskId
- * @property {() => void} close stop, for every handler of this task
+ * @property {() => void} close stop this call's handlers; the hub stream closes with the
+ *   last call of the page that watches the task
  * @property {() => number} readyState `CONNECTING` (0), `OPEN` (1) or `CLOSED` (2)
  * @property {() => string} lastEventId the id of the last event taken
  * @property {() => {received: number, delivered: number, dropped: number, reconnects: number}} stats
@@ -1057,7 +1060,8 @@ const progressStreams = new Map();
  * The first events are the task's state (its progress, then one file update per file),
  * so a late joiner never shows an empty bar; then each change as it happens; then
  * `onComplete` or `onError`, after which the stream closes itself. A second call for the
- * same task while it is open returns the same controller, and its handlers are added.
+ * same task while it is open shares the same hub stream (its handlers get the current state
+ * at once); each call has its own controller, and closing one leaves the others open.
  *
  * @param {string} taskId
  * @param {ProgressHandlers} [handlers]
@@ -1071,16 +1075,13 @@ export function createProgressStream(taskId, handlers = {}, options = {}) {
   }
   const settings = settingsOf(options);
   const key = `${settings.root} ${taskId}`;
-  let task = progressStreams.get(key);
-  if (!task) {
-    task = new TaskWatch(taskId, settings, key);
-    progressStreams.set(key, task);
-    task.attach(handlers);
-    task.start(options.lastEventId);
-  } else {
-    task.attach(handlers);
-  }
-  return task.controller;
+  const existing = progressStreams.get(key);
+  if (existing) return existing.attach(handlers);
+  const task = new TaskWatch(taskId, settings, key);
+  progressStreams.set(key, task);
+  const controller = task.attach(handlers);
+  task.start(options.lastEventId);
+  return controller;
 }
 
 class TaskWatch {
@@ -1097,10 +1098,19 @@ class TaskWatch {
     this.state = new TaskState(settings.persist ? this.saver.load() : null);
     this.link = null;
     this.subId = null;
-    this.controller = Object.freeze({
-      taskId,
-      close: () => this.close(),
-      readyState: () => (this.closed ? CLOSED : this.stateOfStream),
+  }
+
+  /** A caller's own controller over this watch: its handlers, its `close()`. */
+  attach(handlers) {
+    // An object of this call's own (the handlers are read through it), so the same
+    // handlers given twice are still two callers.
+    const set = Object.create(handlers || {});
+    this.handlerSets.push(set);
+    if (this.started) queueMicrotask(() => this.replay([set]));
+    return Object.freeze({
+      taskId: this.taskId,
+      close: () => this.detach(set),
+      readyState: () => (this.closed || !this.handlerSets.includes(set) ? CLOSED : this.stateOfStream),
       lastEventId: () => this.state.id,
       stats: () => ({ ...this.counts }),
       state: () => ({
@@ -1111,10 +1121,16 @@ class TaskWatch {
     });
   }
 
-  attach(handlers) {
-    const set = handlers || {};
-    this.handlerSets.push(set);
-    if (this.started) queueMicrotask(() => this.replay([set]));
+  /** One caller closes: its handlers hear nothing more; the last one closes the stream. */
+  detach(set) {
+    const at = this.handlerSets.indexOf(set);
+    if (this.closed || at < 0) return;
+    if (this.handlerSets.length === 1) {
+      this.close();
+      return;
+    }
+    this.handlerSets.splice(at, 1);
+    if (this.stateOfStream !== CLOSED) call(set.onStateChange, CLOSED);
   }
 
   start(lastEventId) {
@@ -1152,9 +1168,10 @@ class TaskWatch {
   /** Give handler sets that joined late the state as it is now. */
   replay(sets) {
     if (this.closed) return;
+    const open = sets.filter((set) => this.handlerSets.includes(set));
     for (const frame of this.state.frames()) {
       const payload = parse(frame.data);
-      for (const set of sets) deliver(set, frame.type, payload);
+      for (const set of open) deliver(set, frame.type, payload);
     }
   }
 
@@ -1169,14 +1186,16 @@ class TaskWatch {
     }
     this.counts.delivered += 1;
     if (this.settings.persist) this.saver.schedule();
-    for (const set of this.handlerSets) deliver(set, type, payload);
+    for (const set of [...this.handlerSets]) {
+      if (this.handlerSets.includes(set)) deliver(set, type, payload); // not if closed by another
+    }
     if (END_TYPES.has(type)) this.finish(true);
   }
 
   streamState(state) {
     if (this.closed || state === this.stateOfStream) return;
     this.stateOfStream = state;
-    for (const set of this.handlerSets) call(set.onStateChange, state);
+    for (const set of [...this.handlerSets]) call(set.onStateChange, state);
   }
 
   reconnected() {
@@ -1185,7 +1204,7 @@ class TaskWatch {
 
   fatal(error) {
     if (this.closed) return;
-    for (const set of this.handlerSets) call(set.onError, error);
+    for (const set of [...this.handlerSets]) call(set.onError, error);
     this.finish(true);
   }
 
@@ -1199,7 +1218,7 @@ class TaskWatch {
     else if (this.settings.persist) this.saver.flush();
     if (this.stateOfStream === CLOSED) return; // already told (a refused stream)
     this.stateOfStream = CLOSED;
-    for (const set of this.handlerSets) call(set.onStateChange, CLOSED);
+    for (const set of [...this.handlerSets]) call(set.onStateChange, CLOSED);
   }
 
   close() {
