@@ -274,12 +274,14 @@ globalThis.addEventListener?.("pagehide", () => {
  * An incremental `text/event-stream` parser, exact to the WHATWG HTML "server-sent events"
  * section (the fetch transport uses it; EventSource has the browser's own).
  *
- * Feed it decoded text in chunks of any size; it calls `onEvent(type, data, lastEventId)`
- * for each event and `onRetry(ms)` for each valid `retry:` field.
+ * Feed it decoded text in chunks of any size; it calls `onEvent(type, data, lastEventId,
+ * time)` for each event and `onRetry(ms)` for each valid `retry:` field. `time` is the
+ * event's `time:` field, which a tidings hub writes (the publish time, in Unix
+ * milliseconds), or `null`: a field outside the standard, which EventSource ignores.
  */
 export class EventStreamParser {
   /**
-   * @param {(type: string, data: string, lastEventId: string) => void} onEvent
+   * @param {(type: string, data: string, lastEventId: string, time: number | null) => void} onEvent
    * @param {(ms: number) => void} [onRetry]
    */
   constructor(onEvent, onRetry = () => {}) {
@@ -290,6 +292,7 @@ export class EventStreamParser {
     this.type = "";
     this.data = [];
     this.lastEventId = "";
+    this.time = null;
   }
 
   /** @param {string} text */
@@ -331,10 +334,14 @@ export class EventStreamParser {
       if (!value.includes("\0")) this.lastEventId = value;
     } else if (field === "retry") {
       if (/^[0-9]+$/.test(value)) this.onRetry(Number(value));
+    } else if (field === "time") {
+      if (/^[0-9]+$/.test(value)) this.time = Number(value);
     }
   }
 
   dispatch() {
+    const time = this.time;
+    this.time = null; // of one event, like its type (the id is kept, per the standard)
     if (this.data.length === 0) {
       this.type = "";
       return;
@@ -343,7 +350,7 @@ export class EventStreamParser {
     const type = this.type || "message";
     this.data = [];
     this.type = "";
-    this.onEvent(type, data, this.lastEventId);
+    this.onEvent(type, data, this.lastEventId, time);
   }
 }
 
@@ -388,7 +395,7 @@ function credentialsOf(withCredentials) {
 /** One EventSource; returns its stopper. */
 function connectEventSource(url, types, withCredentials, sink) {
   const source = new EventSource(url, { withCredentials });
-  const onEvent = (event) => sink.event(event.type, event.data, event.lastEventId);
+  const onEvent = (event) => sink.event(event.type, event.data, event.lastEventId, null);
   for (const type of types) source.addEventListener(type, onEvent);
   source.onopen = () => sink.open();
   source.onerror = () => {
@@ -420,7 +427,7 @@ function connectFetch(url, headers, withCredentials, sink) {
     }
     sink.open();
     const parser = new EventStreamParser(
-      (type, data, id) => sink.event(type, data, id),
+      (type, data, id, time) => sink.event(type, data, id, time),
       (ms) => sink.retry(ms),
     );
     const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
@@ -463,7 +470,7 @@ globalThis.addEventListener?.("online", () => {
 
 /**
  * One logical stream: a transport, reopened after failures with backoff, resumed from
- * its last event id. Reports to `listener.event(type, data, id)`, `listener.state(s)`,
+ * its last event id. Reports to `listener.event(type, data, id, time)`, `listener.state(s)`,
  * `listener.fatal(error)` and `listener.reconnect()`.
  */
 class Stream {
@@ -531,7 +538,7 @@ class Stream {
         this.openedAt = Date.now();
         this.setState(OPEN);
       },
-      event: (type, data, id) => {
+      event: (type, data, id, time) => {
         if (!live()) return;
         if (id) this.lastEventId = id;
         if (type === "auth_expired" && typeof this.spec.token === "function") {
@@ -539,7 +546,7 @@ class Stream {
           this.connect();
           return;
         }
-        this.listener.event(type, data, id);
+        this.listener.event(type, data, id, time);
       },
       retry: (ms) => {
         this.retryMs = ms;
@@ -701,7 +708,7 @@ class Shared {
     this.latest = this.resumeFrom;
     this.task = spec.kind === "task" ? new TaskState(spec.state) : null;
     this.stream = new Stream(spec, {
-      event: (type, data, id) => this.event(type, data, id),
+      event: (type, data, id, time) => this.event(type, data, id, time),
       state: (state) => this.each((sink) => sink.state(state), { t: "state", key, state }),
       fatal: (error) => this.fatal(error),
       reconnect: () => this.each((sink) => sink.reconnect(), { t: "reconnect", key }),
@@ -714,18 +721,19 @@ class Shared {
     if (this.remotes > 0) this.pool.post(message);
   }
 
-  event(type, data, id) {
+  event(type, data, id, time) {
     if (this.task) {
       this.task.accept(type, data, id);
     } else if (id) {
-      this.recent.push({ type, data, id });
+      this.recent.push({ type, data, id, time });
       if (this.recent.length > RECENT_EVENTS) {
         this.recent.shift();
         this.resumeFrom = ""; // the buffer no longer reaches back to it
       }
     }
     if (id) this.latest = id;
-    this.each((sink) => sink.event(type, data, id), { t: "event", key: this.key, type, data, id });
+    const message = { t: "event", key: this.key, type, data, id, time };
+    this.each((sink) => sink.event(type, data, id, time), message);
     if (this.task && END_TYPES.has(type)) this.stream.close(); // else EventSource would reconnect
   }
 
@@ -968,10 +976,13 @@ class SharedLink {
         for (const sub of this.subs.values()) {
           if (!sub.joined || sub.key !== message.key) continue;
           const sink = sub.sink;
-          if (message.t === "event") sink.event(message.type, message.data, message.id);
-          else if (message.t === "state") sink.state(message.state);
-          else if (message.t === "reconnect") sink.reconnect();
-          else if (message.t === "fatal") {
+          if (message.t === "event") {
+            sink.event(message.type, message.data, message.id, message.time ?? null);
+          } else if (message.t === "state") {
+            sink.state(message.state);
+          } else if (message.t === "reconnect") {
+            sink.reconnect();
+          } else if (message.t === "fatal") {
             sink.fatal(new TidingsError(message.code, message.message, { status: message.status }));
           }
         }
@@ -1009,9 +1020,9 @@ function sinkOf(target) {
   return {
     joined: (key, state, events) => {
       target.streamState(state);
-      for (const event of events) target.event(event.type, event.data, event.id);
+      for (const event of events) target.event(event.type, event.data, event.id, event.time ?? null);
     },
-    event: (type, data, id) => target.event(type, data, id),
+    event: (type, data, id, time) => target.event(type, data, id, time),
     state: (state) => target.streamState(state),
     fatal: (error) => target.fatal(error),
     reconnect: () => target.reconnected(),
@@ -1265,6 +1276,9 @@ function deliver(set, type, payload) {
  * @property {string} type the SSE event type
  * @property {string} id the event id
  * @property {any} data the payload, parsed from JSON (the raw text if it is not JSON)
+ * @property {number | null} time when the hub took the publish, in Unix milliseconds (its
+ *   `time:` field); `null` over EventSource, which does not expose it, and for the
+ *   hub's own events (`gap`)
  */
 
 /**
@@ -1343,14 +1357,14 @@ class TopicWatch {
     });
   }
 
-  event(type, data, id) {
+  event(type, data, id, time) {
     if (this.closed || (id && id === this.lastId)) return;
     if (id) {
       this.lastId = id;
       if (this.settings.persist) this.saver.schedule();
     }
     const payload = parse(data);
-    const event = Object.freeze({ type, id, data: payload });
+    const event = Object.freeze({ type, id, data: payload, time: time ?? null });
     call(this.handlers[type], payload, event);
     call(this.handlers["*"], payload, event);
   }
