@@ -90,7 +90,9 @@ class Draft:
     """A validated event that has no id yet.
 
     ``payload`` is the JSON of the published data, serialized once. ``users``, when set,
-    limits delivery to connections of those user ids.
+    limits delivery to connections of those user ids. ``trace``, when tracing is on, is the
+    W3C ``traceparent`` of the publish's span (:mod:`tidings.tracing`), carried to every
+    node with the event.
     """
 
     topic: str
@@ -100,6 +102,7 @@ class Draft:
     users: frozenset[str] | None = None
     retry: int | None = None
     time: float = field(default_factory=time.time)
+    trace: str | None = None
 
     @property
     def conflatable(self) -> bool:
@@ -125,6 +128,8 @@ class Event:
     #: :attr:`frame` as one HTTP/1.1 chunk (``<size>\r\n<frame>\r\n``), for connections
     #: that write to the transport directly: framed once, like the frame itself.
     chunk: bytes
+    #: The publish span's W3C ``traceparent`` when tracing is on (see :class:`Draft`).
+    trace: str | None = None
 
     @classmethod
     def from_draft(cls, draft: Draft, event_id: EventId) -> Event:
@@ -144,6 +149,7 @@ class Event:
             frame=frame,
             conflatable=draft.conflatable,
             chunk=b"%x\r\n%b\r\n" % (len(frame), frame),
+            trace=draft.trace,
         )
 
     @property
