@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Awaitable, Callable
-from typing import Concatenate, ParamSpec, Protocol, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeAlias, TypeVar
 
 from tidings.engine import Engine
 from tidings.events import Draft
@@ -28,19 +28,15 @@ class _HasEngine(Protocol):
 
 
 S = TypeVar("S", bound=_HasEngine)
+#: A method of the task service that changes a task and returns it.
+Change: TypeAlias = Callable[Concatenate[S, P], Coroutine[Any, Any, Task]]
 
 
-def traced(
-    op: str,
-) -> Callable[
-    [Callable[Concatenate[S, P], Awaitable[Task]]], Callable[Concatenate[S, P], Awaitable[Task]]
-]:
+def traced(op: str) -> Callable[[Change[S, P]], Change[S, P]]:
     """A span ``tidings task.<op>`` around each call, with the task's id, status and
     sequence after it; the publish of the change's event is its child."""
 
-    def wrap(
-        method: Callable[Concatenate[S, P], Awaitable[Task]],
-    ) -> Callable[Concatenate[S, P], Awaitable[Task]]:
+    def wrap(method: Change[S, P]) -> Change[S, P]:
         @functools.wraps(method)
         async def call(self: S, /, *args: P.args, **kwargs: P.kwargs) -> Task:
             tracer = self._engine.tracer
