@@ -1,6 +1,6 @@
 """Regenerate docs/images/dashboard.png: the live dashboard, in a real browser.
 
-    .venv/bin/python scripts/dashboard.py
+    .venv/bin/python -m scripts.dashboard
 
 Starts `tidings serve` on a free port, runs `tidings demo` against it, opens the dashboard
 in the system's headless Chromium (through playwright; no browser is downloaded) and,
@@ -11,7 +11,6 @@ screenshot.
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import subprocess
 import sys
@@ -20,19 +19,9 @@ from pathlib import Path
 
 import httpx
 from playwright.sync_api import sync_playwright
+from scripts.chromium import CHROMIUM, CHROMIUM_ARGS
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = os.environ.get("TIDINGS_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 LIVE = "() => document.querySelector('#status').dataset.state === 'open'"
 
@@ -92,7 +81,7 @@ def main() -> None:
     try:
         wait_up(url, server)
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=list(CHROMIUM_ARGS))
             page = browser.new_page(
                 viewport={"width": args.width, "height": args.height},
                 color_scheme=args.color_scheme,

@@ -26,6 +26,7 @@ from unittest import mock
 import httpx
 import pytest
 import pytest_asyncio
+from scripts.chromium import CHROMIUM, CHROMIUM_ARGS
 
 from tidings.wire import EventParser, ServerSentEvent
 
@@ -549,20 +550,6 @@ async def tcp_proxy() -> AsyncIterator[Callable[[int], Awaitable[TcpProxy]]]:
 
 # -- a real browser -------------------------------------------------------------------------
 
-#: The system's Chromium (Debian's package; `make test` installs it). Never a browser that
-#: playwright downloads: tests run offline.
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def browser() -> AsyncIterator[Browser]:
@@ -579,7 +566,9 @@ async def browser() -> AsyncIterator[Browser]:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        launched = await playwright.chromium.launch(
+            executable_path=CHROMIUM, args=list(CHROMIUM_ARGS)
+        )
         yield launched
         await launched.close()
 

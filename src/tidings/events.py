@@ -90,7 +90,9 @@ class Draft:
     """A validated event that has no id yet.
 
     ``payload`` is the JSON of the published data, serialized once. ``users``, when set,
-    limits delivery to connections of those user ids.
+    limits delivery to connections of those user ids. ``trace``, when tracing is on, is the
+    W3C ``traceparent`` of the publish's span (:mod:`tidings.tracing`), carried to every
+    node with the event.
     """
 
     topic: str
@@ -100,6 +102,7 @@ class Draft:
     users: frozenset[str] | None = None
     retry: int | None = None
     time: float = field(default_factory=time.time)
+    trace: str | None = None
 
     @property
     def conflatable(self) -> bool:
@@ -125,12 +128,14 @@ class Event:
     #: :attr:`frame` as one HTTP/1.1 chunk (``<size>\r\n<frame>\r\n``), for connections
     #: that write to the transport directly: framed once, like the frame itself.
     chunk: bytes
+    #: The publish span's W3C ``traceparent`` when tracing is on (see :class:`Draft`).
+    trace: str | None = None
 
     @classmethod
     def from_draft(cls, draft: Draft, event_id: EventId) -> Event:
         """Give ``draft`` its id and encode its SSE frame (the only encoding it gets)."""
         ident = str(event_id)
-        frame = encode_frame(ident, draft.type, draft.payload, draft.retry)
+        frame = encode_frame(ident, draft.type, draft.payload, draft.retry, draft.time)
         return cls(
             id=ident,
             seq=event_id.seq,
@@ -144,6 +149,7 @@ class Event:
             frame=frame,
             conflatable=draft.conflatable,
             chunk=b"%x\r\n%b\r\n" % (len(frame), frame),
+            trace=draft.trace,
         )
 
     @property
@@ -152,16 +158,26 @@ class Event:
         return orjson.loads(self.payload)
 
 
-def encode_frame(ident: str, type: str, payload: bytes, retry: int | None) -> bytes:
+def encode_frame(
+    ident: str, type: str, payload: bytes, retry: int | None, published: float | None = None
+) -> bytes:
     """SSE bytes for an event whose payload is compact JSON (one ``data:`` line).
 
     JSON as orjson writes it never holds a raw CR or LF (they are escaped), and ``ident`` and
     ``type`` were checked by :func:`tidings.wire.validate_field`, so no event can be forged
     through them. :func:`tidings.wire.encode_event` is the general encoder for raw text.
+
+    ``published`` (Unix seconds) is written as a ``time:`` field in Unix milliseconds, the
+    time the hub took the publish: SSE parsers ignore a field they do not know (WHATWG
+    §9.2.6), and readers that want it (tidings.js's fetch transport, the dashboard's feed)
+    read it there. It is in the frame, encoded once, so a replay shows the time of the
+    publish, not of the replay.
     """
     head = f"id: {ident}\n" if type == "message" else f"id: {ident}\nevent: {type}\n"
     if retry is not None:
         head += f"retry: {retry}\n"
+    if published is not None:
+        head += f"time: {int(published * 1000)}\n"
     return b"".join((head.encode(), b"data: ", payload, b"\n\n"))
 
 

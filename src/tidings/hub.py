@@ -56,6 +56,9 @@ class Hub:
         handle_signals: whether :meth:`lifespan` ends streams on SIGTERM/SIGINT before the
             server waits for open responses (see :meth:`lifespan`). ``tidings serve`` ends
             them itself and passes ``False``.
+        tracer_provider: an OpenTelemetry ``TracerProvider`` to trace publishes, deliveries
+            and task changes with (the ``otel`` extra; docs/tracing.md). By default the
+            global one, if one is set when the hub starts; without one, nothing is traced.
         **options: any other setting by name (``history_size=100``), over ``settings``.
     """
 
@@ -66,6 +69,7 @@ class Hub:
         backend: str | Backend | None = None,
         authenticate: Callable[[Any], Any] | None = None,
         handle_signals: bool = True,
+        tracer_provider: Any = None,
         **options: Any,
     ) -> None:
         if settings is None:
@@ -77,6 +81,7 @@ class Hub:
         self.settings = settings
         given = backend if backend is not None and not isinstance(backend, str) else None
         self.engine = Engine(settings, given or open_backend(settings.backend, settings))
+        self.engine.tracer_provider = tracer_provider
         self.tasks = TaskService(self.engine)
         self.engine.task_access = self.tasks
         self.authenticate = authenticate

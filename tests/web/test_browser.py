@@ -146,9 +146,12 @@ async def test_progress_stream_gets_state_then_each_change_then_closes_itself(
     )
 
 
-async def test_a_second_call_for_a_task_returns_the_same_controller_on_one_connection(
+async def test_a_second_call_for_a_task_shares_its_stream_and_closes_on_its_own(
     hub: ServerProcess, browser_context: BrowserContext
 ) -> None:
+    """Issue 20: a second ``createProgressStream`` for a task in the same page shares the
+    first one's hub stream, with handlers and a ``close()`` of its own: closing one leaves
+    the other open, and the stream ends with the last."""
     async with AsyncPublisher(hub.url) as pub:
         task_id = (await pub.create_task(total=4)).task_id
         page = await client_page(browser_context, hub.url)
@@ -157,14 +160,16 @@ async def test_a_second_call_for_a_task_returns_the_same_controller_on_one_conne
         same = await page.evaluate(
             """id => {
               window.second = [];
-              const again = tidings.createProgressStream(id, {
+              window.secondStates = [];
+              window.again = tidings.createProgressStream(id, {
                 onProgress: (p) => second.push(p.sequence),
+                onStateChange: (state) => secondStates.push(state),
               });
               return again === streams[id];
             }""",
             task_id,
         )
-        assert same
+        assert not same
         # The handlers of the second call get the current state at once.
         await page.wait_for_function("() => second.length === 1")
         await pub.progress(task_id, current=1)
@@ -172,6 +177,42 @@ async def test_a_second_call_for_a_task_returns_the_same_controller_on_one_conne
         assert await page.evaluate("() => second") == [1, 2]
         assert sequences(await log_of(page, task_id)) == [1, 2]
         assert await streams_of_task(hub.url, task_id) == 1
+
+        # The first caller closes: the second still hears every change, on the same stream.
+        await page.evaluate("id => streams[id].close()", task_id)
+        assert await page.evaluate("id => streams[id].readyState()", task_id) == 2  # CLOSED
+        assert await page.evaluate("() => again.readyState()") == 1  # OPEN
+        await pub.progress(task_id, current=2)
+        await page.wait_for_function("() => second.length === 3")
+        assert await page.evaluate("() => second") == [1, 2, 3]
+        assert sequences(await log_of(page, task_id)) == [1, 2]
+        assert await streams_of_task(hub.url, task_id) == 1
+
+        # A third call joins the stream the second holds; the same handlers twice are two
+        # callers.
+        await page.evaluate(
+            """id => {
+              window.third = [];
+              const handlers = {onProgress: (p) => third.push(p.sequence)};
+              window.thirdA = tidings.createProgressStream(id, handlers);
+              window.thirdB = tidings.createProgressStream(id, handlers);
+            }""",
+            task_id,
+        )
+        await page.wait_for_function("() => third.length === 2")
+        await page.evaluate("() => thirdA.close()")
+        await pub.progress(task_id, current=3)
+        await page.wait_for_function("() => second.length === 4")
+        await page.wait_for_function("() => third.length === 3")
+        assert await page.evaluate("() => third") == [3, 3, 4]
+        assert await streams_of_task(hub.url, task_id) == 1
+
+        # The last callers close: the hub stream ends.
+        await page.evaluate("() => { thirdB.close(); again.close(); }")
+        assert await page.evaluate("() => secondStates.at(-1)") == 2
+        await until_count(
+            lambda: streams_of_task(hub.url, task_id), 0, what="the stream to be released"
+        )
 
 
 async def test_task_events_not_newer_than_the_last_sequence_are_dropped(

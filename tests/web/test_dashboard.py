@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import httpx
@@ -136,6 +138,62 @@ async def test_the_feed_filters_by_topic_and_pauses(
         await page.click("#pause")
         await pub.publish("alerts/disk", {"text": "disk at 99%"}, type="alert")
         await feed_has(page, "disk at 99%")
+
+
+class PublishTimes:
+    """Reads a raw stream for the ``time:`` field of each event (which parsers ignore)."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.chunks = response.aiter_raw()
+        self.seen = b""
+
+    async def of(self, event_id: str) -> str:
+        """The publish time of ``event_id``, as JavaScript's ``toISOString()`` writes it."""
+        pattern = rb"id: " + re.escape(event_id.encode()) + rb"\n(?:.+\n)*?time: (\d+)\n"
+        while (found := re.search(pattern, self.seen)) is None:
+            self.seen += await anext(self.chunks)
+        at = datetime.fromtimestamp(int(found[1]) / 1000, UTC)
+        return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+async def test_the_feed_shows_when_each_event_was_published_not_when_it_arrived(
+    server: ServerProcess, browser_context: BrowserContext, uid: str
+) -> None:
+    """Issue 20: the feed showed each row's arrival time. It shows the time the hub took
+    the publish (the frame's ``time:`` field), so an event replayed to a feed that comes
+    back says when it happened. The page's own clock is stuck in 2001 here: any time taken
+    from it would show."""
+    topic = f"feed/{uid}"
+    page = await browser_context.new_page()
+    await page.clock.set_fixed_time(datetime(2001, 1, 1, tzinfo=UTC))
+    await page.goto(server.url + "/")
+    await page.wait_for_function(LIVE)
+    row_time = """id => {
+      const row = [...document.querySelectorAll('#feed .event')]
+        .find((row) => row.querySelector('.data').title.startsWith(`id ${id}\n`));
+      const time = row && row.querySelector('time');
+      return time ? [time.dateTime, time.title] : null;
+    }"""
+    async with (
+        AsyncPublisher(server.url) as pub,
+        httpx.AsyncClient(base_url=server.url, timeout=10) as http,
+        http.stream("GET", "/events", params={"topic": topic}) as response,
+    ):
+        raw = PublishTimes(response)
+        live_id = await pub.publish(topic, {"text": "live"}, type="note")
+        live_at = await raw.of(live_id)
+        await page.wait_for_function(f"() => ({row_time})({live_id!r}) !== null")
+        assert await page.evaluate(row_time, live_id) == [live_at, f"published {live_at}"]
+
+        # The page goes away; an event is published meanwhile; the feed comes back, resumes
+        # from its last id, and the missed event is shown with its publish time.
+        await page.goto("about:blank")
+        missed_id = await pub.publish(topic, {"text": "while away"}, type="note")
+        missed_at = await raw.of(missed_id)
+        await page.goto(server.url + "/")
+        await page.wait_for_function(f"() => ({row_time})({missed_id!r}) !== null")
+        assert await page.evaluate(row_time, missed_id) == [missed_at, f"published {missed_at}"]
+        assert not missed_at.startswith("2001")
 
 
 async def test_with_auth_the_dashboard_takes_a_token_and_shows_what_it_may_see(

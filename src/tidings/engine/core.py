@@ -24,7 +24,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -39,8 +39,12 @@ from tidings.errors import BackendUnavailable, InvalidTopic, NotAuthorized, Shut
 from tidings.events import MAX_ID_BYTES, Draft, EventId, make_draft
 from tidings.limits import Limits
 from tidings.topics import check_patterns, check_publishable, task_of, task_topic
+from tidings.tracing import make_tracer, note_appended, publish_span
 from tidings.types import JSON
 from tidings.wire import KEEPALIVE, encode_comment, encode_event, encode_retry
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 __all__ = ["Engine", "HubStatistics", "TaskAccess"]
 
@@ -84,6 +88,11 @@ class Engine:
         #: Answers for ``tasks/<id>`` topics that no grant allows (set by the task service's
         #: owner); without it such topics are refused.
         self.task_access: TaskAccess | None = None
+        #: An OpenTelemetry ``TracerProvider`` to trace with instead of the global one.
+        self.tracer_provider: Any = None
+        #: The tracer, from :meth:`start` when tracing is on (:mod:`tidings.tracing`);
+        #: ``None`` (off) costs the hot path nothing but this check.
+        self.tracer: Tracer | None = None
         self.dispatcher = Dispatcher()
         #: Held streams whose start waits for the backend or the task store, with the
         #: steps left to take (see ``open_stream``); the ticker retries them.
@@ -108,7 +117,11 @@ class Engine:
         if self._running:
             return
         self.dispatcher.bind(asyncio.get_running_loop())
-        await self.backend.start(self.dispatcher.dispatch)
+        self.tracer = tracer = make_tracer(self.tracer_provider)
+        dispatcher = self.dispatcher
+        await self.backend.start(
+            dispatcher.dispatch if tracer is None else dispatcher.traced(tracer)
+        )
         self._running = True
         self._closing = False
         self._ticker = asyncio.create_task(self._tick_forever(), name="tidings-hub-ticker")
@@ -228,7 +241,12 @@ class Engine:
         """Publish a validated draft (any topic; the task service's entry point)."""
         if not self._running:
             raise ShuttingDown("the hub is not running")
-        appended = await self.backend.append(draft, idempotency_key=idempotency_key)
+        if self.tracer is None:
+            appended = await self.backend.append(draft, idempotency_key=idempotency_key)
+        else:
+            with publish_span(self.tracer, draft) as (span, draft):
+                appended = await self.backend.append(draft, idempotency_key=idempotency_key)
+                note_appended(span, appended.id, duplicate=appended.duplicate)
         if not appended.duplicate:
             self.dispatcher.counters.published += 1
         return appended

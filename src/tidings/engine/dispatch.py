@@ -25,11 +25,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import TYPE_CHECKING
 
+from tidings.backends.base import Deliver
 from tidings.engine.connection import Connection, fan_out, write_through
 from tidings.engine.types import Counters
 from tidings.events import Event
 from tidings.topics import TopicIndex
+from tidings.tracing import deliver_span
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 __all__ = ["BACKLOG_RETRY", "FLUSH_BATCH", "Counters", "Dispatcher"]
 
@@ -128,6 +134,24 @@ class Dispatcher:
         grew = fan_out(event, conns, self._dirty)
         if grew and self._flush_handle is None:
             self._flush_handle = self._running_loop().call_soon(self._flush)
+
+    def traced(self, tracer: Tracer) -> Deliver:
+        """:meth:`dispatch` with a ``tidings deliver`` span per event (the backend's
+        ``deliver`` when tracing is on; when it is off, :meth:`dispatch` is, untouched).
+
+        The span counts the event's subscribers on this node and the writes made at once
+        (the rest are queued for the next flush).
+        """
+        dispatch, counters, index = self.dispatch, self.counters, self.index
+
+        def deliver(event: Event, more: bool = False) -> None:
+            with deliver_span(tracer, event) as span:
+                span.set_attribute("tidings.subscribers", len(index.match(event.topic)))
+                before = counters.delivered
+                dispatch(event, more)
+                span.set_attribute("tidings.written", counters.delivered - before)
+
+        return deliver
 
     def _write_pass(self) -> None:
         """Write the next :data:`FLUSH_BATCH` connections of the pass through.

@@ -77,6 +77,7 @@ from tidings.tasks.rules import check_lookup_id, event_draft, may_change, may_re
 from tidings.tasks.store import Mutation, PublishingTaskStore, TaskStore
 from tidings.tasks.stores import open_store
 from tidings.tasks.streams import TaskStreams
+from tidings.tasks.tracing import traced, with_trace
 from tidings.types import JSON
 
 __all__ = [
@@ -236,6 +237,7 @@ class TaskService:
 
     # -- changes -------------------------------------------------------------------------
 
+    @traced("create")
     async def create(
         self,
         *,
@@ -281,6 +283,7 @@ class TaskService:
 
         return await self._shielded(apply())
 
+    @traced("progress")
     async def progress(
         self,
         task_id: str,
@@ -311,6 +314,7 @@ class TaskService:
             progress_event,
         )
 
+    @traced("file")
     async def file(
         self,
         task_id: str,
@@ -344,6 +348,7 @@ class TaskService:
             lambda t: file_event(t, file_id),
         )
 
+    @traced("complete")
     async def complete(
         self, task_id: str, *, result: JSON = None, principal: Principal | None = None
     ) -> Task:
@@ -362,6 +367,7 @@ class TaskService:
             terminal_event,
         )
 
+    @traced("fail")
     async def fail(
         self,
         task_id: str,
@@ -384,6 +390,7 @@ class TaskService:
             terminal_event,
         )
 
+    @traced("cancel")
     async def cancel(
         self, task_id: str, *, reason: str | None = None, principal: Principal | None = None
     ) -> Task:
@@ -402,6 +409,7 @@ class TaskService:
             terminal_event,
         )
 
+    @traced("delete")
     async def delete(
         self, task_id: str, *, principal: Principal | None = None, reason: str = "deleted"
     ) -> Task:
@@ -482,7 +490,9 @@ class TaskService:
 
     def draft(self, task: Task, item: TaskEvent) -> Draft:
         """The draft of one of ``task``'s events, as this service publishes it."""
-        return event_draft(task, item, max_bytes=self._engine.settings.max_event_bytes)
+        return with_trace(
+            self._engine, event_draft(task, item, max_bytes=self._engine.settings.max_event_bytes)
+        )
 
     # -- internals -----------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ late joiner never shows an empty bar and nothing is sent twice.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
@@ -180,6 +181,12 @@ class TaskStreams:
                 return
         await self._push_state(conn, task)
 
+    def _state_draft(self, task: Task, item: TaskEvent) -> Draft:
+        """A state event's draft, timed at the task's last change (its ``time:`` field): the
+        state is as of then, not as of the moment it was read."""
+        draft = self._tasks.draft(task, item)
+        return dataclasses.replace(draft, time=task.updated_at) if task.updated_at else draft
+
     async def _push_state(self, conn: Connection, task: Task, *, first: bool = True) -> None:
         """Queue ``task``'s state (:func:`snapshot_events`), de-duplicated against live events.
 
@@ -207,10 +214,10 @@ class TaskStreams:
             conn.drop_events(through=ident.seq)
             if conn.queued:  # newer events came meanwhile (from another node): after it
                 items = snapshot_events(task)
-                conn.put_front([Event.from_draft(self._tasks.draft(task, i), ident) for i in items])
+                conn.put_front([Event.from_draft(self._state_draft(task, i), ident) for i in items])
                 return
         for item in snapshot_events(task):
-            draft = self._tasks.draft(task, item)
+            draft = self._state_draft(task, item)
             if ident is not None and ident.seq > 0:
                 conn.push(Event.from_draft(draft, ident))
                 continue

@@ -30,6 +30,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import compile_path
 from starlette.types import Receive, Scope, Send
 
+from tidings.tracing import request_context
 from tidings.web import dashboard, endpoints, task_endpoints
 from tidings.web.context import HubContext
 from tidings.web.endpoints import ERRORS, PublishRequest, PublishResponse
@@ -258,6 +259,10 @@ async def answer(hub: HubContext, handler: Handler, request: Request) -> Respons
     try:
         if not hub.started:
             await hub.start_on_request()
+        if hub.engine.tracer is not None and request.method != "GET":
+            # A publish, a task change: under the caller's trace (its traceparent header).
+            with request_context(request.headers):
+                return await handler(hub, request)
         return await handler(hub, request)
     except Exception as exc:
         return render(exc)

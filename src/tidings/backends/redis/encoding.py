@@ -1,8 +1,9 @@
 """Events in Redis: the append script's arguments and reply, and events read back.
 
 An event is written as two fields, ``m`` (the JSON array ``[type, priority, users, retry,
-time]``) and ``p`` (the payload, as published); a log entry adds ``e`` (the epoch), ``s``
-(the seq) and ``t`` (the topic), and a topic history entry's id is ``<seq>-0`` (see
+time]``, and the publish's ``traceparent`` sixth when tracing is on) and ``p`` (the
+payload, as published); a log entry adds ``e`` (the epoch), ``s`` (the seq) and ``t`` (the
+topic), and a topic history entry's id is ``<seq>-0`` (see
 :mod:`tidings.backends.redis.keys`).
 """
 
@@ -48,7 +49,10 @@ def append_arguments(
     in ``{prefix}:config``. ``floor`` is the highest seq the caller has seen (0 if none).
     """
     users = sorted(draft.users) if draft.users is not None else None
-    meta = orjson.dumps([draft.type, draft.priority, users, draft.retry, draft.time])
+    fields = [draft.type, draft.priority, users, draft.retry, draft.time]
+    if draft.trace is not None:
+        fields.append(draft.trace)
+    meta = orjson.dumps(fields)
     script_keys = [*keys.common, keys.history(draft.topic)]
     if idempotency_key is not None:
         script_keys.append(keys.idempotency(idempotency_key))
@@ -80,7 +84,7 @@ def as_text(value: bytes | str) -> str:
 
 def decode_event(epoch: str, seq: int, topic: str, meta: bytes, payload: bytes) -> Event:
     """The event of the fields ``m`` (``meta``) and ``p`` (``payload``) of an entry."""
-    type_, priority, users, retry, at = orjson.loads(meta)
+    type_, priority, users, retry, at, *rest = orjson.loads(meta)
     draft = Draft(
         topic=topic,
         type=type_,
@@ -89,6 +93,7 @@ def decode_event(epoch: str, seq: int, topic: str, meta: bytes, payload: bytes) 
         users=frozenset(users) if users is not None else None,
         retry=retry,
         time=at,
+        trace=rest[0] if rest else None,
     )
     return Event.from_draft(draft, EventId(epoch, seq))
 

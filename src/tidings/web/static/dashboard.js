@@ -718,9 +718,29 @@ function onFeedEvent(data, event) {
     $("pause").textContent = `Resume (${count(view.held)} new)`;
     return;
   }
-  view.rows.push(event);
+  // When it was published (the hub's `time:` field), not when it arrived: a resumed feed
+  // replays what it missed, and those events are older than their arrival.
+  view.rows.push({ event, received: Date.now() });
   if (view.rows.length > FEED_LIMIT) view.rows.shift();
   render();
+}
+
+const clock = new Intl.DateTimeFormat(undefined, {
+  hour: "2-digit",
+  minute: "2-digit",
+  second: "2-digit",
+  hourCycle: "h23",
+});
+
+/** The `<time>` of a feed row: the event's publish time, or (when the hub sent none, as
+ * for its own `gap` events) the time it arrived, said so in its tooltip. */
+function timeOf(event, received) {
+  const published = typeof event.time === "number";
+  const at = new Date(published ? event.time : received);
+  const node = element("time", "", clock.format(at));
+  node.dateTime = at.toISOString();
+  node.title = published ? `published ${at.toISOString()}` : `received ${at.toISOString()} (no publish time)`;
+  return node;
 }
 
 function kindOf(type) {
@@ -752,11 +772,10 @@ function flushFeed() {
   if (!view.rows.length) return;
   const list = $("feed");
   const fragment = document.createDocumentFragment();
-  for (const event of view.rows.reverse()) {
+  for (const { event, received } of view.rows.reverse()) {
     const row = element("li", "event fresh");
     row.dataset.kind = kindOf(event.type);
-    const time = element("time", "", new Date().toLocaleTimeString([], { hour12: false }));
-    time.dateTime = new Date().toISOString();
+    const time = timeOf(event, received);
     const type = element("span", "type", event.type);
     const json = typeof event.data === "string" ? event.data : JSON.stringify(event.data);
     let text = summary(event.type, event.data) ?? json;

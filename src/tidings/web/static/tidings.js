@@ -23,8 +23,10 @@
  *   file was loaded from, so `<hub>/static/tidings.js` talks to `<hub>`, on any origin and
  *   under any prefix. `configure({ baseUrl })` (or the `baseUrl` option of a call) points
  *   it elsewhere, e.g. `/api/v1/status`.
- * - **One connection per stream.** A second `createProgressStream` for a task returns the
- *   same controller (its handlers are added, and get the current state at once). Tabs of
+ * - **One connection per stream.** A second `createProgressStream` for a task in the same
+ *   page shares the first one's hub stream: it gets a controller of its own (its handlers
+ *   get the current state at once, and its `close()` stops only them); the stream closes
+ *   when the last of them closes. Tabs of
  *   one origin share connections (SPEC §9): one tab, the leader, elected with a Web Lock,
  *   holds each stream once and rebroadcasts its events over a BroadcastChannel; when it
  *   closes, the next tab takes over and resumes from the last event id, so nothing is
@@ -272,12 +274,14 @@ globalThis.addEventListener?.("pagehide", () => {
  * An incremental `text/event-stream` parser, exact to the WHATWG HTML "server-sent events"
  * section (the fetch transport uses it; EventSource has the browser's own).
  *
- * Feed it decoded text in chunks of any size; it calls `onEvent(type, data, lastEventId)`
- * for each event and `onRetry(ms)` for each valid `retry:` field.
+ * Feed it decoded text in chunks of any size; it calls `onEvent(type, data, lastEventId,
+ * time)` for each event and `onRetry(ms)` for each valid `retry:` field. `time` is the
+ * event's `time:` field, which a tidings hub writes (the publish time, in Unix
+ * milliseconds), or `null`: a field outside the standard, which EventSource ignores.
  */
 export class EventStreamParser {
   /**
-   * @param {(type: string, data: string, lastEventId: string) => void} onEvent
+   * @param {(type: string, data: string, lastEventId: string, time: number | null) => void} onEvent
    * @param {(ms: number) => void} [onRetry]
    */
   constructor(onEvent, onRetry = () => {}) {
@@ -288,6 +292,7 @@ export class EventStreamParser {
     this.type = "";
     this.data = [];
     this.lastEventId = "";
+    this.time = null;
   }
 
   /** @param {string} text */
@@ -329,10 +334,14 @@ export class EventStreamParser {
       if (!value.includes("\0")) this.lastEventId = value;
     } else if (field === "retry") {
       if (/^[0-9]+$/.test(value)) this.onRetry(Number(value));
+    } else if (field === "time") {
+      if (/^[0-9]+$/.test(value)) this.time = Number(value);
     }
   }
 
   dispatch() {
+    const time = this.time;
+    this.time = null; // of one event, like its type (the id is kept, per the standard)
     if (this.data.length === 0) {
       this.type = "";
       return;
@@ -341,7 +350,7 @@ export class EventStreamParser {
     const type = this.type || "message";
     this.data = [];
     this.type = "";
-    this.onEvent(type, data, this.lastEventId);
+    this.onEvent(type, data, this.lastEventId, time);
   }
 }
 
@@ -386,7 +395,7 @@ function credentialsOf(withCredentials) {
 /** One EventSource; returns its stopper. */
 function connectEventSource(url, types, withCredentials, sink) {
   const source = new EventSource(url, { withCredentials });
-  const onEvent = (event) => sink.event(event.type, event.data, event.lastEventId);
+  const onEvent = (event) => sink.event(event.type, event.data, event.lastEventId, null);
   for (const type of types) source.addEventListener(type, onEvent);
   source.onopen = () => sink.open();
   source.onerror = () => {
@@ -418,7 +427,7 @@ function connectFetch(url, headers, withCredentials, sink) {
     }
     sink.open();
     const parser = new EventStreamParser(
-      (type, data, id) => sink.event(type, data, id),
+      (type, data, id, time) => sink.event(type, data, id, time),
       (ms) => sink.retry(ms),
     );
     const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
@@ -461,7 +470,7 @@ globalThis.addEventListener?.("online", () => {
 
 /**
  * One logical stream: a transport, reopened after failures with backoff, resumed from
- * its last event id. Reports to `listener.event(type, data, id)`, `listener.state(s)`,
+ * its last event id. Reports to `listener.event(type, data, id, time)`, `listener.state(s)`,
  * `listener.fatal(error)` and `listener.reconnect()`.
  */
 class Stream {
@@ -529,7 +538,7 @@ class Stream {
         this.openedAt = Date.now();
         this.setState(OPEN);
       },
-      event: (type, data, id) => {
+      event: (type, data, id, time) => {
         if (!live()) return;
         if (id) this.lastEventId = id;
         if (type === "auth_expired" && typeof this.spec.token === "function") {
@@ -537,7 +546,7 @@ class Stream {
           this.connect();
           return;
         }
-        this.listener.event(type, data, id);
+        this.listener.event(type, data, id, time);
       },
       retry: (ms) => {
         this.retryMs = ms;
@@ -699,7 +708,7 @@ class Shared {
     this.latest = this.resumeFrom;
     this.task = spec.kind === "task" ? new TaskState(spec.state) : null;
     this.stream = new Stream(spec, {
-      event: (type, data, id) => this.event(type, data, id),
+      event: (type, data, id, time) => this.event(type, data, id, time),
       state: (state) => this.each((sink) => sink.state(state), { t: "state", key, state }),
       fatal: (error) => this.fatal(error),
       reconnect: () => this.each((sink) => sink.reconnect(), { t: "reconnect", key }),
@@ -712,18 +721,19 @@ class Shared {
     if (this.remotes > 0) this.pool.post(message);
   }
 
-  event(type, data, id) {
+  event(type, data, id, time) {
     if (this.task) {
       this.task.accept(type, data, id);
     } else if (id) {
-      this.recent.push({ type, data, id });
+      this.recent.push({ type, data, id, time });
       if (this.recent.length > RECENT_EVENTS) {
         this.recent.shift();
         this.resumeFrom = ""; // the buffer no longer reaches back to it
       }
     }
     if (id) this.latest = id;
-    this.each((sink) => sink.event(type, data, id), { t: "event", key: this.key, type, data, id });
+    const message = { t: "event", key: this.key, type, data, id, time };
+    this.each((sink) => sink.event(type, data, id, time), message);
     if (this.task && END_TYPES.has(type)) this.stream.close(); // else EventSource would reconnect
   }
 
@@ -966,10 +976,13 @@ class SharedLink {
         for (const sub of this.subs.values()) {
           if (!sub.joined || sub.key !== message.key) continue;
           const sink = sub.sink;
-          if (message.t === "event") sink.event(message.type, message.data, message.id);
-          else if (message.t === "state") sink.state(message.state);
-          else if (message.t === "reconnect") sink.reconnect();
-          else if (message.t === "fatal") {
+          if (message.t === "event") {
+            sink.event(message.type, message.data, message.id, message.time ?? null);
+          } else if (message.t === "state") {
+            sink.state(message.state);
+          } else if (message.t === "reconnect") {
+            sink.reconnect();
+          } else if (message.t === "fatal") {
             sink.fatal(new TidingsError(message.code, message.message, { status: message.status }));
           }
         }
@@ -1007,9 +1020,9 @@ function sinkOf(target) {
   return {
     joined: (key, state, events) => {
       target.streamState(state);
-      for (const event of events) target.event(event.type, event.data, event.id);
+      for (const event of events) target.event(event.type, event.data, event.id, event.time ?? null);
     },
-    event: (type, data, id) => target.event(type, data, id),
+    event: (type, data, id, time) => target.event(type, data, id, time),
     state: (state) => target.streamState(state),
     fatal: (error) => target.fatal(error),
     reconnect: () => target.reconnected(),
@@ -1041,7 +1054,8 @@ function sinkOf(target) {
 /**
  * @typedef {object} ProgressStream
  * @property {string} taskId
- * @property {() => void} close stop, for every handler of this task
+ * @property {() => void} close stop this call's handlers; the hub stream closes with the
+ *   last call of the page that watches the task
  * @property {() => number} readyState `CONNECTING` (0), `OPEN` (1) or `CLOSED` (2)
  * @property {() => string} lastEventId the id of the last event taken
  * @property {() => {received: number, delivered: number, dropped: number, reconnects: number}} stats
@@ -1057,7 +1071,8 @@ const progressStreams = new Map();
  * The first events are the task's state (its progress, then one file update per file),
  * so a late joiner never shows an empty bar; then each change as it happens; then
  * `onComplete` or `onError`, after which the stream closes itself. A second call for the
- * same task while it is open returns the same controller, and its handlers are added.
+ * same task while it is open shares the same hub stream (its handlers get the current state
+ * at once); each call has its own controller, and closing one leaves the others open.
  *
  * @param {string} taskId
  * @param {ProgressHandlers} [handlers]
@@ -1071,16 +1086,13 @@ export function createProgressStream(taskId, handlers = {}, options = {}) {
   }
   const settings = settingsOf(options);
   const key = `${settings.root} ${taskId}`;
-  let task = progressStreams.get(key);
-  if (!task) {
-    task = new TaskWatch(taskId, settings, key);
-    progressStreams.set(key, task);
-    task.attach(handlers);
-    task.start(options.lastEventId);
-  } else {
-    task.attach(handlers);
-  }
-  return task.controller;
+  const existing = progressStreams.get(key);
+  if (existing) return existing.attach(handlers);
+  const task = new TaskWatch(taskId, settings, key);
+  progressStreams.set(key, task);
+  const controller = task.attach(handlers);
+  task.start(options.lastEventId);
+  return controller;
 }
 
 class TaskWatch {
@@ -1097,10 +1109,19 @@ class TaskWatch {
     this.state = new TaskState(settings.persist ? this.saver.load() : null);
     this.link = null;
     this.subId = null;
-    this.controller = Object.freeze({
-      taskId,
-      close: () => this.close(),
-      readyState: () => (this.closed ? CLOSED : this.stateOfStream),
+  }
+
+  /** A caller's own controller over this watch: its handlers, its `close()`. */
+  attach(handlers) {
+    // An object of this call's own (the handlers are read through it), so the same
+    // handlers given twice are still two callers.
+    const set = Object.create(handlers || {});
+    this.handlerSets.push(set);
+    if (this.started) queueMicrotask(() => this.replay([set]));
+    return Object.freeze({
+      taskId: this.taskId,
+      close: () => this.detach(set),
+      readyState: () => (this.closed || !this.handlerSets.includes(set) ? CLOSED : this.stateOfStream),
       lastEventId: () => this.state.id,
       stats: () => ({ ...this.counts }),
       state: () => ({
@@ -1111,10 +1132,16 @@ class TaskWatch {
     });
   }
 
-  attach(handlers) {
-    const set = handlers || {};
-    this.handlerSets.push(set);
-    if (this.started) queueMicrotask(() => this.replay([set]));
+  /** One caller closes: its handlers hear nothing more; the last one closes the stream. */
+  detach(set) {
+    const at = this.handlerSets.indexOf(set);
+    if (this.closed || at < 0) return;
+    if (this.handlerSets.length === 1) {
+      this.close();
+      return;
+    }
+    this.handlerSets.splice(at, 1);
+    if (this.stateOfStream !== CLOSED) call(set.onStateChange, CLOSED);
   }
 
   start(lastEventId) {
@@ -1152,9 +1179,10 @@ class TaskWatch {
   /** Give handler sets that joined late the state as it is now. */
   replay(sets) {
     if (this.closed) return;
+    const open = sets.filter((set) => this.handlerSets.includes(set));
     for (const frame of this.state.frames()) {
       const payload = parse(frame.data);
-      for (const set of sets) deliver(set, frame.type, payload);
+      for (const set of open) deliver(set, frame.type, payload);
     }
   }
 
@@ -1169,14 +1197,16 @@ class TaskWatch {
     }
     this.counts.delivered += 1;
     if (this.settings.persist) this.saver.schedule();
-    for (const set of this.handlerSets) deliver(set, type, payload);
+    for (const set of [...this.handlerSets]) {
+      if (this.handlerSets.includes(set)) deliver(set, type, payload); // not if closed by another
+    }
     if (END_TYPES.has(type)) this.finish(true);
   }
 
   streamState(state) {
     if (this.closed || state === this.stateOfStream) return;
     this.stateOfStream = state;
-    for (const set of this.handlerSets) call(set.onStateChange, state);
+    for (const set of [...this.handlerSets]) call(set.onStateChange, state);
   }
 
   reconnected() {
@@ -1185,7 +1215,7 @@ class TaskWatch {
 
   fatal(error) {
     if (this.closed) return;
-    for (const set of this.handlerSets) call(set.onError, error);
+    for (const set of [...this.handlerSets]) call(set.onError, error);
     this.finish(true);
   }
 
@@ -1199,7 +1229,7 @@ class TaskWatch {
     else if (this.settings.persist) this.saver.flush();
     if (this.stateOfStream === CLOSED) return; // already told (a refused stream)
     this.stateOfStream = CLOSED;
-    for (const set of this.handlerSets) call(set.onStateChange, CLOSED);
+    for (const set of [...this.handlerSets]) call(set.onStateChange, CLOSED);
   }
 
   close() {
@@ -1246,6 +1276,9 @@ function deliver(set, type, payload) {
  * @property {string} type the SSE event type
  * @property {string} id the event id
  * @property {any} data the payload, parsed from JSON (the raw text if it is not JSON)
+ * @property {number | null} time when the hub took the publish, in Unix milliseconds (its
+ *   `time:` field); `null` over EventSource, which does not expose it, and for the
+ *   hub's own events (`gap`)
  */
 
 /**
@@ -1324,14 +1357,14 @@ class TopicWatch {
     });
   }
 
-  event(type, data, id) {
+  event(type, data, id, time) {
     if (this.closed || (id && id === this.lastId)) return;
     if (id) {
       this.lastId = id;
       if (this.settings.persist) this.saver.schedule();
     }
     const payload = parse(data);
-    const event = Object.freeze({ type, id, data: payload });
+    const event = Object.freeze({ type, id, data: payload, time: time ?? null });
     call(this.handlers[type], payload, event);
     call(this.handlers["*"], payload, event);
   }
