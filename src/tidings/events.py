@@ -130,12 +130,14 @@ class Event:
     chunk: bytes
     #: The publish span's W3C ``traceparent`` when tracing is on (see :class:`Draft`).
     trace: str | None = None
+    #: :meth:`timed`'s frame and chunk, made the first time a stream asks for them.
+    _timed: tuple[bytes, bytes] | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_draft(cls, draft: Draft, event_id: EventId) -> Event:
         """Give ``draft`` its id and encode its SSE frame (the only encoding it gets)."""
         ident = str(event_id)
-        frame = encode_frame(ident, draft.type, draft.payload, draft.retry, draft.time)
+        frame = encode_frame(ident, draft.type, draft.payload, draft.retry)
         return cls(
             id=ident,
             seq=event_id.seq,
@@ -157,6 +159,16 @@ class Event:
         """The published data, decoded from :attr:`payload`."""
         return orjson.loads(self.payload)
 
+    def timed(self) -> tuple[bytes, bytes]:
+        """The frame and chunk with a ``time:`` field (the publish time, Unix ms), for the
+        streams that ask for it (``time=1``); made once per event, the first time."""
+        timed = self._timed
+        if timed is None:
+            frame = encode_frame(self.id, self.type, self.payload, self.retry, self.time)
+            timed = (frame, b"%x\r\n%b\r\n" % (len(frame), frame))
+            object.__setattr__(self, "_timed", timed)  # a cache: the event stays the same
+        return timed
+
 
 def encode_frame(
     ident: str, type: str, payload: bytes, retry: int | None, published: float | None = None
@@ -167,11 +179,11 @@ def encode_frame(
     ``type`` were checked by :func:`tidings.wire.validate_field`, so no event can be forged
     through them. :func:`tidings.wire.encode_event` is the general encoder for raw text.
 
-    ``published`` (Unix seconds) is written as a ``time:`` field in Unix milliseconds, the
-    time the hub took the publish: SSE parsers ignore a field they do not know (WHATWG
-    §9.2.6), and readers that want it (tidings.js's fetch transport, the dashboard's feed)
-    read it there. It is in the frame, encoded once, so a replay shows the time of the
-    publish, not of the replay.
+    ``published`` (Unix seconds), for the streams that ask for it (``time=1``), is written
+    as a ``time:`` field in Unix milliseconds, the time the hub took the publish: SSE
+    parsers ignore a field they do not know (WHATWG §9.2.6), and readers that want it
+    (tidings.js's fetch transport, the dashboard's feed) read it there. A replay shows the
+    time of the publish, not of the replay. Other streams get exactly the fields of SPEC §1.
     """
     head = f"id: {ident}\n" if type == "message" else f"id: {ident}\nevent: {type}\n"
     if retry is not None:

@@ -177,7 +177,7 @@ async def test_the_feed_shows_when_each_event_was_published_not_when_it_arrived(
     async with (
         AsyncPublisher(server.url) as pub,
         httpx.AsyncClient(base_url=server.url, timeout=10) as http,
-        http.stream("GET", "/events", params={"topic": topic}) as response,
+        http.stream("GET", "/events", params={"topic": topic, "time": "1"}) as response,
     ):
         raw = PublishTimes(response)
         live_id = await pub.publish(topic, {"text": "live"}, type="note")

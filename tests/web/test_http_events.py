@@ -444,3 +444,27 @@ async def test_sigterm_exits_within_grace_even_with_a_stuck_client(
     server.signal(signal.SIGTERM)
     assert await server.await_exit(15) == 0
     stuck.close()
+
+
+async def test_a_stream_gets_the_publish_time_only_when_it_asks(
+    http: httpx.AsyncClient, uid: str
+) -> None:
+    """Frames keep exactly the fields of SPEC §1; ``time=1`` adds the publish time (issue
+    20), and replays carry it too. Any other value of the option is refused."""
+    first = await publish(http, uid, 1)
+    frames: dict[str, bytes] = {}
+    for option in ("0", "1"):
+        query = params(uid, time=option)
+        headers = {"Last-Event-ID": f"{first.rsplit('-', 1)[0]}-0"}
+        async with http.stream("GET", "/events", params=query, headers=headers) as response:
+            received = b""
+            async for chunk in response.aiter_raw():
+                received += chunk
+                if b"data: 1\n\n" in received:
+                    break
+        frames[option] = received.split(b"\n\n", 2)[1] + b"\n\n"  # after the opening bytes
+    assert frames["0"] == f"id: {first}\ndata: 1\n\n".encode()
+    assert re.fullmatch(rf"id: {first}\ntime: [0-9]{{13}}\ndata: 1\n\n".encode(), frames["1"])
+    refused = await http.get("/events", params=params(uid, time="yes"))
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "invalid_time"

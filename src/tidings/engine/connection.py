@@ -76,6 +76,7 @@ class Connection:
         "principal",
         "retire_at",
         "task_id",
+        "timed",
         "user",
     )
 
@@ -91,9 +92,12 @@ class Connection:
         task_id: str | None = None,
         ip: str | None = None,
         release: Callable[[Connection], None] | None = None,
+        timed: bool = False,
     ) -> None:
         self._dispatcher = dispatcher
         self._release = release
+        #: Frames with the publish time (``time:``), which this stream asked for.
+        self.timed = timed
         self.patterns = patterns
         self.principal = principal
         self.user = principal.user
@@ -148,7 +152,11 @@ class Connection:
             return
         if event.users is not None and (self.user is None or self.user not in event.users):
             return
-        frame = event.chunk if self._transport is not None else event.frame
+        if self.timed:
+            timed_frame, timed_chunk = event.timed()
+            frame = timed_chunk if self._transport is not None else timed_frame
+        else:
+            frame = event.chunk if self._transport is not None else event.frame
         queue = self._queue
         if event.conflatable:
             at = self._conflate.get(event.topic)
@@ -199,7 +207,10 @@ class Connection:
         count = 0
         for event in events:
             if self.principal.may_receive(event.users):
-                frames.append(event.chunk if chunked else event.frame)
+                if self.timed:
+                    frames.append(event.timed()[1 if chunked else 0])
+                else:
+                    frames.append(event.chunk if chunked else event.frame)
                 count += 1
                 self.last_id = event.id
                 if event.type in self.end_types:
@@ -376,6 +387,7 @@ class Connection:
             and not self.holding
             and self.close_reason is None
             and not self.end_types
+            and not self.timed
         )
 
     def flush(self, now: float) -> int:

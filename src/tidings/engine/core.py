@@ -271,6 +271,7 @@ class Engine:
         task_id: str | None = None,
         ip: str | None = None,
         opening: Callable[[Connection], Awaitable[Any]] | None = None,
+        timed: bool = False,
     ) -> Connection:
         """Register a stream on ``patterns`` and queue its opening bytes and replay.
 
@@ -279,7 +280,8 @@ class Engine:
         twice.
 
         ``opening``, if given, is awaited after registration and before the replay, to put
-        a first event (a task snapshot) on the stream.
+        a first event (a task snapshot) on the stream. ``timed`` streams get each event's
+        publish time in a ``time:`` field (:meth:`Event.timed <tidings.events.Event.timed>`).
 
         When the backend (or the task store) is down, the stream still opens (SPEC §3): it
         is held, sending its opening bytes and keep-alive comments only, and the ticker
@@ -330,6 +332,7 @@ class Engine:
             task_id=task_id,
             ip=ip,
             release=self.close_stream,
+            timed=timed,
         )
         if settings.max_connection_age is not None:
             age = settings.max_connection_age * random.uniform(0.85, 1.0)

@@ -458,6 +458,7 @@ class TaskService:
         principal: Principal,
         last_event_id: str | None = None,
         ip: str | None = None,
+        timed: bool = False,
     ) -> Connection | None:
         """Open the SSE stream of a task (see :meth:`TaskStreams.open_stream
         <tidings.tasks.streams.TaskStreams.open_stream>`); ``None`` means answer ``204``.
@@ -468,7 +469,7 @@ class TaskService:
             ShuttingDown: the hub is stopping (503).
         """
         return await self._streams.open_stream(
-            task_id, principal=principal, last_event_id=last_event_id, ip=ip
+            task_id, principal=principal, last_event_id=last_event_id, ip=ip, timed=timed
         )
 
     async def may_watch(self, task_id: str, principal: Principal) -> bool:

@@ -61,8 +61,11 @@ class TaskStreams:
         principal: Principal,
         last_event_id: str | None = None,
         ip: str | None = None,
+        timed: bool = False,
     ) -> Connection | None:
-        """Open the SSE stream of a task (``GET /tasks/{id}/stream``).
+        """Open the SSE stream of a task (``GET /tasks/{id}/stream``; ``timed``: with each
+        event's publish time, see :meth:`Engine.open_stream
+        <tidings.engine.Engine.open_stream>`).
 
         The first event is the task's state: ``task_progress`` (then one ``file_update``
         per file) carrying the task's current ``sequence`` and its latest event id, or the
@@ -108,6 +111,7 @@ class TaskStreams:
             task_id=task_id,
             ip=ip,
             opening=functools.partial(self._open, task_id, principal, last_event_id),
+            timed=timed,
         )
 
     async def may_watch(self, task_id: str, principal: Principal) -> bool:
@@ -224,7 +228,8 @@ class TaskStreams:
             if ident is not None:
                 # ``<epoch>-0`` (a hub with no event yet) is a valid resume point, but
                 # ``push`` treats seq 0 as already delivered: queue the frame as is.
-                frame = Event.from_draft(draft, ident).frame
+                event = Event.from_draft(draft, ident)
+                frame = event.timed()[0] if conn.timed else event.frame
             else:
                 # No id to give (nothing of this task was published and the backend is
                 # down): send the state without one, so the resume position does not move.

@@ -47,6 +47,7 @@ __all__ = [
     "readyz",
     "require_admin",
     "stats",
+    "timed_option",
 ]
 
 
@@ -159,13 +160,13 @@ async def events(hub: HubContext, request: Request) -> Response:
     # Attempts are counted before any other work, so a flood is cut cheaply (SPEC §5).
     ip = client_ip(request)
     engine.limits.check_connect(ip)
-    patterns, resume = _stream_query(request.scope["query_string"])
+    patterns, resume, timed = _stream_query(request.scope["query_string"])
     sent = header(request.scope, b"last-event-id")
     if sent is not None:
         resume = sent.decode("latin-1")
     principal = await resolve_principal(hub, request)
     conn = await engine.open_stream(
-        patterns, principal=principal, last_event_id=resume or None, ip=ip
+        patterns, principal=principal, last_event_id=resume or None, ip=ip, timed=timed
     )
     return EventStreamResponse(conn)
 
@@ -174,20 +175,40 @@ async def events(hub: HubContext, request: Request) -> Response:
 _CACHED_QUERY_BYTES = 512
 
 
-def _stream_query(query: bytes) -> tuple[tuple[str, ...], str | None]:
-    """The checked topics and the ``last_event_id`` of a stream's query string.
+def _stream_query(query: bytes) -> tuple[tuple[str, ...], str | None, bool]:
+    """The checked topics, the ``last_event_id`` and the ``time`` option of a stream's
+    query string.
 
     Raises:
         InvalidTopic: no topic, more than 32, or a bad one.
+        BadRequest: ``time`` is not ``1``/``true`` or ``0``/``false``.
     """
     if len(query) <= _CACHED_QUERY_BYTES:
         return _remembered_stream_query(query)
     return _parse_stream_query(query)
 
 
-def _parse_stream_query(query: bytes) -> tuple[tuple[str, ...], str | None]:
+def _parse_stream_query(query: bytes) -> tuple[tuple[str, ...], str | None, bool]:
     params = QueryParams(query)
-    return check_patterns(params.getlist("topic")), params.get("last_event_id")
+    return (
+        check_patterns(params.getlist("topic")),
+        params.get("last_event_id"),
+        timed_option(params.get("time")),
+    )
+
+
+def timed_option(value: str | None) -> bool:
+    """A stream's ``time`` option: ``1``/``true`` asks for each event's publish time in a
+    ``time:`` field (a tidings extension of SPEC §1; EventSource ignores the field).
+
+    Raises:
+        BadRequest: any other value but ``0``/``false``.
+    """
+    if value is None or value in ("0", "false"):
+        return False
+    if value in ("1", "true"):
+        return True
+    raise BadRequest("time: expected 1, true, 0 or false", code="invalid_time")
 
 
 #: Streams are opened by fleets of clients with the same few query strings: parsing and

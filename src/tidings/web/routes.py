@@ -79,6 +79,9 @@ def _stream_params(
         str | None, Query(description="Resume after this id (if no Last-Event-ID header).")
     ] = None,
     token: Annotated[str | None, Query(description="Token, if query tokens are on.")] = None,
+    time: Annotated[
+        bool, Query(description="Give each event's publish time in a time: field (Unix ms).")
+    ] = False,
 ) -> None: ...
 
 
@@ -94,6 +97,9 @@ def _task_stream_params(
         str | None, Query(description="Resume after this id (if no Last-Event-ID header).")
     ] = None,
     token: Annotated[str | None, Query(description="Token, if query tokens are on.")] = None,
+    time: Annotated[
+        bool, Query(description="Give each event's publish time in a time: field (Unix ms).")
+    ] = False,
 ) -> None: ...
 
 

@@ -24,7 +24,7 @@ from tidings.auth.principal import Principal
 from tidings.errors import InvalidEvent
 from tidings.tasks.model import Task
 from tidings.web.context import HubContext
-from tidings.web.endpoints import read_json_object
+from tidings.web.endpoints import read_json_object, timed_option
 from tidings.web.errors import error_response, validation_message
 from tidings.web.security import client_ip, principal_key, resolve_principal
 from tidings.web.streaming import EventStreamResponse
@@ -257,6 +257,7 @@ async def stream(hub: HubContext, request: Request) -> Response:
         principal=principal,
         last_event_id=resume or None,
         ip=ip,
+        timed=timed_option(request.query_params.get("time")),
     )
     if conn is None:
         return Response(status_code=204)

@@ -690,6 +690,7 @@ function openFeed() {
   $("feed-status").textContent = "Connecting…";
   view.feed = subscribe(topics, { "*": onFeedEvent }, {
     ...streamOptions(),
+    times: true, // each row shows when the event was published (the hub's time: field)
     onStateChange: (state) => {
       if (state === OPEN) {
         setStatus("open", "Live");

@@ -123,6 +123,9 @@ export class TidingsError extends Error {
  * @property {boolean} [persist] keep resume state in sessionStorage (default `true`)
  * @property {{initial?: number, max?: number}} [backoff] reconnect delays in ms
  *   (default `{initial: 1000, max: 30000}`)
+ * @property {boolean} [times] ask the hub for each event's publish time (`?time=1`): the
+ *   fetch transport gives it to handlers as `event.time` (Unix ms); EventSource cannot
+ *   read it (default `false`)
  */
 
 /** @type {Required<Options>} */
@@ -134,6 +137,7 @@ const defaults = {
   share: true,
   persist: true,
   backoff: { initial: 1000, max: 30000 },
+  times: false,
 };
 
 /**
@@ -1158,7 +1162,8 @@ class TaskWatch {
     this.resumeId = lastEventId || "";
     const settings = this.settings;
     const token = tokenKey(settings.token);
-    const url = `${settings.root}/tasks/${encodeURIComponent(this.taskId)}/stream`;
+    const timed = settings.times ? "?time=1" : "";
+    const url = `${settings.root}/tasks/${encodeURIComponent(this.taskId)}/stream${timed}`;
     const transport = settings.transport === "fetch" ? "fetch" : "eventsource";
     const describe = () => ({
       kind: "task",
@@ -1334,7 +1339,8 @@ class TopicWatch {
     const types = [
       ...new Set([...Object.keys(handlers).filter((type) => type !== "*"), ...HUB_TYPES, ...(options.types || [])]),
     ].sort();
-    const query = topics.map((topic) => `topic=${encodeURIComponent(topic)}`).join("&");
+    const timed = settings.times ? "&time=1" : "";
+    const query = topics.map((topic) => `topic=${encodeURIComponent(topic)}`).join("&") + timed;
     const url = `${settings.root}/events?${query}`;
     const token = tokenKey(settings.token);
     const describe = () => ({
