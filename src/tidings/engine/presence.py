@@ -31,7 +31,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, Final
 
 from tidings.backends.base import Backend, PresenceEntry
@@ -39,7 +38,7 @@ from tidings.backends.presence import HEARTBEAT
 from tidings.engine.connection import Connection
 from tidings.errors import BackendUnavailable, TidingsError
 from tidings.events import Draft, make_draft
-from tidings.topics import TASK_PREFIX, TopicIndex, is_wildcard
+from tidings.topics import TASK_PREFIX, TopicIndex
 
 __all__ = ["JOIN", "LEAVE", "TICK", "PresenceTracker"]
 
@@ -54,17 +53,10 @@ LEAVE: Final = "presence_leave"
 _ANNOUNCE_BATCH: Final = 1000
 
 
-@dataclass(slots=True)
-class _Change:
-    """A change waiting to be sent."""
-
-    #: An entry to add (else to remove).
-    joined: bool
-    entry: PresenceEntry
-    #: Published as an event once sent (the change is news, not a resend).
-    announce: bool
-    #: (An addition) never sent, not even by a call that failed: a removal cancels it.
-    fresh: bool = True
+#: A stream's change waiting to be sent: (added, else removed; published as an event once
+#: sent; never sent, not even by a call that failed, so a removal cancels it; the stream's
+#: start, as a Unix time). Plain tuples: a stream's open and end make one each.
+_Change = tuple[bool, bool, bool, float]
 
 
 class PresenceTracker:
@@ -91,10 +83,10 @@ class PresenceTracker:
         for pattern in announce:
             self._announce.add(pattern, pattern)
         self._publish = publish
-        #: This node's entries, by stream.
-        self._local: dict[Connection, tuple[PresenceEntry, ...]] = {}
-        #: Changes to send, by (connection id, topic), in order.
-        self._pending: dict[tuple[str, str], _Change] = {}
+        #: This node's streams that name a topic exactly, and when each started.
+        self._local: dict[Connection, float] = {}
+        #: Changes to send, by stream, in order.
+        self._pending: dict[Connection, _Change] = {}
         self._wake = asyncio.Event()
         #: Whether an update reached the backend since start (the first one finds the
         #: node unknown: that is no loss).
@@ -105,43 +97,46 @@ class PresenceTracker:
 
     def joined(self, conn: Connection) -> None:
         """``conn`` registered: an entry for each topic it names exactly."""
-        topics = [pattern for pattern in conn.patterns if not is_wildcard(pattern)]
-        if not topics:
+        for pattern in conn.patterns:
+            if "*" not in pattern:  # (a valid pattern with a "*" is a wildcard)
+                break
+        else:
             return
         since = time.time()
-        entries = tuple(
-            PresenceEntry(topic, conn.connection_id, conn.user, self.node, since)
-            for topic in topics
-        )
-        self._local[conn] = entries
-        pending = self._pending
-        for entry in entries:
-            pending[(entry.connection_id, entry.topic)] = _Change(True, entry, True)
+        self._local[conn] = since
+        self._pending[conn] = (True, True, True, since)
         self._wake.set()
 
     def left(self, conn: Connection) -> None:
         """``conn`` ended: its entries go."""
-        entries = self._local.pop(conn, None)
-        if entries is None:
+        since = self._local.pop(conn, None)
+        if since is None:
             return
         pending = self._pending
-        for entry in entries:
-            key = (entry.connection_id, entry.topic)
-            waiting = pending.get(key)
-            if waiting is None:
-                pending[key] = _Change(False, entry, True)
-            elif waiting.fresh:
-                del pending[key]  # never sent: nothing to remove, nothing to announce
-            else:
-                # Sent again after a loss (announced before), or sent by a call that
-                # failed (not announced): remove it either way.
-                pending[key] = _Change(False, entry, not waiting.announce)
+        waiting = pending.get(conn)
+        if waiting is None:
+            pending[conn] = (False, True, False, since)
+        elif waiting[2]:
+            del pending[conn]  # never sent: nothing to remove, nothing to announce
+        else:
+            # Sent again after a loss (announced before), or sent by a call that failed
+            # (not announced): remove it either way.
+            pending[conn] = (False, not waiting[1], False, since)
         self._wake.set()
+
+    def _entries(self, conn: Connection, since: float) -> list[PresenceEntry]:
+        """``conn``'s entries: one per topic it names exactly."""
+        node, ident, user = self.node, conn.connection_id, conn.user
+        return [
+            PresenceEntry(topic, ident, user, node, since)
+            for topic in conn.patterns
+            if "*" not in topic
+        ]
 
     @property
     def local(self) -> int:
-        """This node's entries (streams times the topics they name)."""
-        return sum(len(entries) for entries in self._local.values())
+        """This node's entries (streams times the topics they name exactly)."""
+        return sum(len(self._entries(conn, 0.0)) for conn in self._local)
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -185,8 +180,15 @@ class PresenceTracker:
             BackendUnavailable: the backend is down; the changes are kept for next time.
         """
         batch, self._pending = self._pending, {}
-        joins = [change.entry for change in batch.values() if change.joined]
-        leaves = [change.entry for change in batch.values() if not change.joined]
+        joins: list[PresenceEntry] = []
+        leaves: list[PresenceEntry] = []
+        news: list[tuple[str, PresenceEntry]] = []
+        for conn, (added, announce, _, since) in batch.items():
+            entries = self._entries(conn, since)
+            (joins if added else leaves).extend(entries)
+            if announce:
+                kind = JOIN if added else LEAVE
+                news += [(kind, entry) for entry in entries]
         try:
             update = await self.backend.update_presence(self.node, joins, leaves, final=final)
         except BaseException:
@@ -194,34 +196,26 @@ class PresenceTracker:
             raise
         if update.lost and self._synced and not final:
             logger.warning("presence: the backend had lost this node's entries; sending them")
-            for entries in self._local.values():
-                for entry in entries:
-                    key = (entry.connection_id, entry.topic)
-                    self._pending.setdefault(key, _Change(True, entry, False, fresh=False))
+            for conn, since in self._local.items():
+                self._pending.setdefault(conn, (True, False, False, since))
             self._wake.set()
         self._synced = True
-        news = [
-            (JOIN if change.joined else LEAVE, change.entry)
-            for change in batch.values()
-            if change.announce
-        ]
         news += [(LEAVE, entry) for entry in update.expired]
         await self._publish_news(news)
 
-    def _restore(self, batch: dict[tuple[str, str], _Change]) -> None:
+    def _restore(self, batch: dict[Connection, _Change]) -> None:
         """Put a batch that may not have reached the backend back before the newer changes."""
         newer = self._pending
-        merged: dict[tuple[str, str], _Change] = {}
-        for key, change in batch.items():
-            change.fresh = False  # the failed call may have reached Redis all the same
-            later = newer.pop(key, None)
+        merged: dict[Connection, _Change] = {}
+        for conn, (added, announce, _, since) in batch.items():
+            later = newer.pop(conn, None)
             if later is None:
-                merged[key] = change
+                # No longer fresh: the failed call may have reached Redis all the same.
+                merged[conn] = (added, announce, False, since)
             else:
                 # Added in the failed batch, removed since: send the removal; announce it
                 # only if the addition had been announced (a resend after a loss).
-                later.announce = later.announce and not change.announce
-                merged[key] = later
+                merged[conn] = (False, later[1] and not announce, False, later[3])
         merged.update(newer)
         self._pending = merged
 
