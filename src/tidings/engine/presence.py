@@ -133,11 +133,6 @@ class PresenceTracker:
             if "*" not in topic
         ]
 
-    @property
-    def local(self) -> int:
-        """This node's entries (streams times the topics they name exactly)."""
-        return sum(len(self._entries(conn, 0.0)) for conn in self._local)
-
     # -- the loop ------------------------------------------------------------------------
 
     def start(self) -> None:
