@@ -6,6 +6,7 @@ demand (the memory backend with one method changed: the ``Backend`` seam, nothin
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -18,7 +19,7 @@ from tidings.backends.base import Disconnect, PresenceEntry, PresenceUpdate
 from tidings.backends.memory import MemoryBackend
 from tidings.engine import Connection, Dispatcher
 from tidings.engine.control import DEFAULT_REASON, end_streams, matches
-from tidings.engine.presence import JOIN, LEAVE
+from tidings.engine.presence import FINAL_SECONDS, JOIN, LEAVE
 from tidings.errors import BackendUnavailable, InvalidEvent, InvalidTopic, NotAuthorized
 from tidings.hub import Hub
 from tidings.wire import EventParser, ServerSentEvent
@@ -30,6 +31,7 @@ class ScriptedBackend(MemoryBackend):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.fail = False
+        self.hang = False
         self.lose = False
         self.expire: list[PresenceEntry] = []
         self.calls: list[tuple[list[PresenceEntry], list[PresenceEntry]]] = []
@@ -43,6 +45,8 @@ class ScriptedBackend(MemoryBackend):
         final: bool = False,
     ) -> PresenceUpdate:
         self.calls.append((list(joins), list(leaves)))
+        if self.hang:
+            await asyncio.Event().wait()  # a Redis that never answers
         if self.fail:
             raise BackendUnavailable("the backend is unavailable (update presence)")
         if self.lose:
@@ -174,6 +178,19 @@ async def test_a_node_the_backend_lost_sends_its_entries_again(
     assert (await hub.presence("shared")).count == 0
     await wait_count(hub, "shared", 3)
     assert (await hub.presence("t/2")).connections[0].connection_id == conns[2].connection_id
+
+
+async def test_a_stopping_hub_does_not_wait_long_for_a_backend_that_does_not_answer(
+    backend: ScriptedBackend,
+) -> None:
+    hub = Hub(backend=backend, store="memory", keepalive=60, shutdown_grace=0)
+    await hub.start()
+    await hub.open_stream(["t"])
+    await hub.engine.presence_tracker.flush()
+    backend.hang = True
+    async with asyncio.timeout(FINAL_SECONDS + 5):
+        await hub.aclose()  # its entries are left to expire
+    assert backend.calls[-1][1] != []  # it tried to remove them
 
 
 async def test_joins_and_leaves_are_announced_on_topics_that_ask_for_it(hub: Hub) -> None:

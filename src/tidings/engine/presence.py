@@ -40,12 +40,14 @@ from tidings.errors import BackendUnavailable, TidingsError
 from tidings.events import Draft, make_draft
 from tidings.topics import TASK_PREFIX, TopicIndex
 
-__all__ = ["JOIN", "LEAVE", "TICK", "PresenceTracker"]
+__all__ = ["FINAL_SECONDS", "JOIN", "LEAVE", "TICK", "PresenceTracker"]
 
 logger = logging.getLogger("tidings.presence")
 
 #: Seconds during which changes gather before they are sent together.
 TICK: Final = 0.05
+#: Seconds a stopping node spends, at most, taking its entries out of the hub's presence.
+FINAL_SECONDS: Final = 2.0
 #: The types of the announcements.
 JOIN: Final = "presence_join"
 LEAVE: Final = "presence_leave"
@@ -148,8 +150,11 @@ class PresenceTracker:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         try:
-            await self.flush(final=True)
-        except BackendUnavailable:
+            # Bounded: the node is stopping within its grace. What is not removed now is
+            # removed (and announced) by the other nodes once this one is found dead.
+            async with asyncio.timeout(FINAL_SECONDS):
+                await self.flush(final=True)
+        except (BackendUnavailable, TimeoutError):
             logger.warning("presence: could not remove this node's entries; they expire")
 
     async def _run(self) -> None:
