@@ -141,14 +141,6 @@ class RedisBackend:
         connects when Redis is back.
         """
         self._log.deliver = deliver
-        if control is not None:
-            self._control.handler = control
-            # Subscribed before start returns (when Redis answers), so a command sent
-            # right after reaches this node too.
-            await self._control.subscribe()
-            self._listener = asyncio.create_task(
-                self._control.listen_forever(), name="tidings-redis-control"
-            )
         try:
             await self._sync_start()
         except BackendUnavailable as exc:
@@ -156,6 +148,15 @@ class RedisBackend:
                 "redis is unreachable at start (%s); serving anyway and retrying", exc.__cause__
             )
             self._log.log_id = f"{int(time.time() * 1000)}-0"
+        if control is not None:
+            self._control.handler = control
+            # Subscribed before start returns when Redis answers, so that a command sent
+            # right after reaches this node too; else the listener keeps trying.
+            if self._log.reading:
+                await self._control.subscribe()
+            self._listener = asyncio.create_task(
+                self._control.listen_forever(), name="tidings-redis-control"
+            )
         self._sender = asyncio.create_task(self._outbox.send_forever(), name="tidings-redis-sender")
         self._reader = asyncio.create_task(self._log.read_forever(), name="tidings-redis-reader")
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="tidings-redis-sweeper")
