@@ -18,6 +18,7 @@ import redis.asyncio
 import redis.exceptions
 
 from tests.backends.test_backends import Node, aged, parse
+from tests.conftest import RedisServer, until
 from tidings.backends.base import Disconnect, PresenceEntry
 from tidings.backends.memory import MemoryBackend
 from tidings.backends.redis import RedisBackend
@@ -320,6 +321,29 @@ async def test_a_disconnect_reaches_every_node_and_sums_their_counts(
     assert await b.backend.disconnect(command) == 7
     for node in (a, b, c):
         assert node.commands == [command]
+
+
+async def test_a_node_takes_commands_again_after_a_redis_restart(
+    open_redis_node: OpenRedisNode, redis_server: RedisServer
+) -> None:
+    a, b = await open_redis_node(ends=1), await open_redis_node(ends=2)
+    command = Disconnect(user="u", topic=None, reason="r")
+    assert await a.backend.disconnect(command) == 3
+    await asyncio.to_thread(redis_server.stop)
+    try:
+        with pytest.raises(BackendUnavailable):
+            await a.backend.disconnect(command)
+    finally:
+        redis_server.start()
+
+    async def both_answer() -> bool:
+        try:
+            return await a.backend.disconnect(command) == 3
+        except BackendUnavailable:
+            return False  # the pool's connections notice the restart one by one
+
+    await until(both_answer, what="both nodes to subscribe again")
+    assert len(b.commands) >= 2
 
 
 async def test_no_redis_error_escapes_presence_history_or_control(
