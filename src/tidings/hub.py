@@ -266,7 +266,7 @@ class Hub:
         since) in connection-id order.
 
         Changes reach it within a tick (50 ms) of a stream opening or ending; a node that
-        dies without cleaning up drops out within 20 s. Pass ``next_cursor`` as ``cursor``
+        dies without cleaning up drops out within about 20 s. Pass ``next_cursor`` as ``cursor``
         for the next page (``None`` on the last).
 
         Args:

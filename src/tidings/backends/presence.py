@@ -8,7 +8,7 @@ Timing shared by every backend: a node calls
 :meth:`~tidings.backends.base.Backend.update_presence` at least every :data:`HEARTBEAT`
 seconds, and a node silent for :data:`NODE_TIMEOUT` seconds is dead: its entries are
 removed by the next call of any other node. So a node killed outright drops out of
-presence within ``NODE_TIMEOUT + HEARTBEAT`` seconds (20), inside the 30 s of SPEC §3.
+presence within about ``NODE_TIMEOUT + HEARTBEAT`` seconds (20), inside the 30 s of SPEC §3.
 """
 
 from __future__ import annotations

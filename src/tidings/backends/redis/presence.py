@@ -17,7 +17,7 @@ The layout follows Centrifugo's (keys in :mod:`tidings.backends.redis.keys`):
   A node also keeps the set of what it wrote (``{p}:p:n:<node>``). Any call that finds a
   node silent for :data:`~tidings.backends.presence.NODE_TIMEOUT` seconds moves that set
   aside (``{p}:p:d:<node>``) and removes its entries in batches (:data:`REAP_PER_CALL` per
-  call), so a node killed outright drops out within 20 s.
+  call), so a node killed outright drops out within about 20 s.
 - **A node taken for dead that comes back** (a long pause, a network partition) or a Redis
   that lost its data: the script sees the node is unknown, stops removing what is left of
   its entries, and tells it (``lost``): the node sends every entry it holds again.
