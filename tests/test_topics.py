@@ -434,3 +434,45 @@ def test_match_visits_no_trie_nodes_without_wildcard_subscriptions() -> None:
     result, visits = _visits(index, "rooms/5")
     assert result == {"exact-5"}
     assert visits == 0
+
+
+_SEGMENTS = st.sampled_from(["a", "b", "*"])
+
+
+@st.composite
+def _small_patterns(draw: st.DrawFn) -> str:
+    parts = draw(st.lists(_SEGMENTS, min_size=1, max_size=3))
+    if draw(st.booleans()):
+        parts.append("**")
+    return "/".join(parts)
+
+
+@given(
+    outer=_small_patterns(),
+    inner=_small_patterns(),
+    topic=st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=5).map("/".join),
+)
+def test_a_covering_pattern_matches_every_topic_the_covered_one_matches(
+    outer: str, inner: str, topic: str
+) -> None:
+    """``pattern_covers`` is sound: what ``/admin/disconnect`` ends by topic is never wider."""
+    if topics.pattern_covers(outer, inner) and pattern_matches(inner, topic):
+        assert pattern_matches(outer, topic)
+
+
+@pytest.mark.parametrize(
+    ("outer", "inner", "expected"),
+    [
+        ("chat/general", "chat/general", True),
+        ("chat/*", "chat/general", True),
+        ("chat/**", "chat/*", True),
+        ("chat/**", "chat", True),
+        ("**", "a/**", True),
+        ("chat/*", "chat/**", False),
+        ("chat/general", "chat/*", False),
+        ("chat/*", "chat/a/b", False),
+        ("chat/a", "chat", False),
+    ],
+)
+def test_pattern_covers(outer: str, inner: str, expected: bool) -> None:
+    assert topics.pattern_covers(outer, inner) is expected

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from tidings._version import __version__
 from tidings.auth.principal import Principal
+from tidings.backends.base import PresenceEntry, PresencePage, TopicCount, TopicPage
 from tidings.client import AsyncPublisher, Publisher, subscribe, watch_task
 from tidings.config import Settings
+from tidings.engine.history import History
 from tidings.errors import (
     BackendUnavailable,
     ConfigError,
@@ -34,12 +36,15 @@ __all__ = [
     "ConfigError",
     "Event",
     "EventTooLarge",
+    "History",
     "Hub",
     "HubStatistics",
     "InvalidEvent",
     "InvalidTopic",
     "LimitExceeded",
     "NotAuthorized",
+    "PresenceEntry",
+    "PresencePage",
     "Principal",
     "Publisher",
     "Settings",
@@ -50,6 +55,8 @@ __all__ = [
     "TaskFinished",
     "TaskNotFound",
     "TidingsError",
+    "TopicCount",
+    "TopicPage",
     "__version__",
     "subscribe",
     "watch_task",

@@ -1,5 +1,5 @@
-"""The ``tidings`` command: ``serve``, ``publish``, ``tail``, ``watch``, ``bench``, ``demo``,
-``token``.
+"""The ``tidings`` command: ``serve``, ``publish``, ``tail``, ``watch``, ``presence``,
+``history``, ``disconnect``, ``bench``, ``demo``, ``token``.
 
 ``serve``'s flags are generated from :class:`~tidings.config.Settings`, so every setting has
 its flag and nothing else does (``tests/cli/test_cli.py`` keeps them in step). Every failure is
@@ -124,6 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_client_flags(watch)
 
+    from tidings.topic_commands import add_topic_commands
+
+    add_topic_commands(commands, client_flags=_add_client_flags)
+
     bench = commands.add_parser(
         "bench",
         help="a quick load check: N streams, M events, delivery and latency",
@@ -200,8 +204,13 @@ def _add_client_flags(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``tidings`` command; returns the exit code."""
+    from tidings.topic_commands import run_disconnect, run_history, run_presence
+
     args = build_parser().parse_args(argv)
     commands: dict[str, Callable[[argparse.Namespace], int]] = {
+        "presence": run_presence,
+        "history": run_history,
+        "disconnect": run_disconnect,
         "serve": _serve,
         "publish": _publish,
         "tail": _tail,

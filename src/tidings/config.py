@@ -35,6 +35,9 @@ MAX_COUNT = 2**31 - 1
 #: What --log-level accepts, quietest first.
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 _HOST_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
+# SPEC §2's pattern grammar (tidings.topics.validate_pattern is the rule; config sits beside
+# topics in the layers, so it checks the same grammar itself).
+_PATTERN = re.compile(r"(?:(?:[A-Za-z0-9_.:@-]+|\*)/)*(?:[A-Za-z0-9_.:@-]+|\*|\*\*)")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -176,6 +179,12 @@ class Settings(BaseSettings):
         le=MAX_SECONDS,
         description="End streams older than this many seconds (with jitter); off by default.",
     )
+    presence_events: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Topic pattern whose streams joining and leaving are published on the "
+        "topic as presence_join and presence_leave events (repeatable; comma-separated in "
+        "the environment).",
+    )
     task_retention: float = Field(
         86400.0,
         gt=0,
@@ -206,7 +215,7 @@ class Settings(BaseSettings):
             raise ValueError("expected an address or a host name (0.0.0.0: every interface)")
         return host
 
-    @field_validator("cors_origin", "forwarded_allow_ips", mode="before")
+    @field_validator("cors_origin", "forwarded_allow_ips", "presence_events", mode="before")
     @classmethod
     def _split_origins(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -229,6 +238,17 @@ class Settings(BaseSettings):
                     "scheme and a host with an optional port, like https://app.example.com)"
                 ) from None
         return list(dict.fromkeys(origins))
+
+    @field_validator("presence_events")
+    @classmethod
+    def _check_presence_events(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            if len(pattern) > 256 or _PATTERN.fullmatch(pattern) is None:
+                raise ValueError(
+                    f"{pattern!r} is not a topic pattern (segments of A-Z a-z 0-9 _ . : @ -, "
+                    "or *, and a final **; e.g. chat/*)"
+                )
+        return list(dict.fromkeys(value))
 
     @field_validator("jwt_secret")
     @classmethod

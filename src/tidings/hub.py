@@ -24,9 +24,9 @@ from tidings.auth.jwt import JWTVerifier, TokenVerifier
 from tidings.auth.principal import ANONYMOUS, Principal
 from tidings.auth.proxy import AuthProxy
 from tidings.backends import open_backend
-from tidings.backends.base import Appended, Backend
+from tidings.backends.base import Appended, Backend, PresencePage, TopicPage
 from tidings.config import Settings, load_settings
-from tidings.engine import Connection, Engine, HubStatistics
+from tidings.engine import Connection, Engine, History, HubStatistics
 from tidings.events import Draft
 from tidings.limits import Limits
 from tidings.tasks.service import TaskService
@@ -285,6 +285,98 @@ class Hub:
     def statistics(self) -> HubStatistics:
         """Counts for ``/stats``: connections by topic, task, user and IP; event counters."""
         return self.engine.statistics()
+
+    # -- presence, history, the server API -------------------------------------------------
+
+    async def presence(
+        self,
+        topic: str,
+        *,
+        limit: int = 100,
+        cursor: str | None = None,
+        principal: Principal | None = None,
+    ) -> PresencePage:
+        """The open streams subscribed to ``topic`` exactly (not through a pattern), on every
+        node: ``count`` in all, and a page of ``connections`` (connection id, user, node,
+        since) in connection-id order.
+
+        Changes reach it within a tick (50 ms) of a stream opening or ending; a node that
+        dies without cleaning up drops out within about 20 s. Pass ``next_cursor`` as ``cursor``
+        for the next page (``None`` on the last).
+
+        Args:
+            limit: entries per page, 1 to 1000.
+            principal: check that this caller may subscribe to ``topic`` (the HTTP API
+                does); application code leaves it out.
+
+        Raises:
+            InvalidTopic: ``topic`` is not a topic.
+            InvalidEvent: a bad ``limit`` or ``cursor``.
+            NotAuthorized: ``principal`` may not subscribe to ``topic``.
+            BackendUnavailable: the backend cannot be read.
+
+        Example::
+
+            page = await hub.presence("rooms/lobby")
+            print(page.count, [entry.user for entry in page.connections])
+        """
+        return await self.engine.presence(topic, limit=limit, cursor=cursor, principal=principal)
+
+    async def history(
+        self,
+        topic: str,
+        *,
+        since: str | None = None,
+        limit: int = 100,
+        principal: Principal | None = None,
+    ) -> History:
+        """The events of ``topic`` after the id ``since`` (from the oldest kept without it),
+        oldest first, as a stream delivers them: at most ``limit`` (1 to 100) per page.
+
+        ``complete`` is false when the history window no longer holds every event after
+        ``since`` (evicted by size or age, or an id of another history): the events then
+        start at the oldest kept, and the caller should refetch its state. ``next_since``
+        is the id to ask from for the next page, ``None`` when nothing more is kept.
+
+        Args:
+            principal: check that this caller may subscribe to ``topic``, and leave out
+                events targeted at other users (as a stream does).
+
+        Raises:
+            InvalidTopic: ``topic`` is not a topic.
+            InvalidEvent: a bad ``limit``, or ``since`` over 256 bytes.
+            NotAuthorized: ``principal`` may not subscribe to ``topic``.
+            BackendUnavailable: the backend cannot be read.
+        """
+        return await self.engine.history(topic, since=since, limit=limit, principal=principal)
+
+    async def topics(self, *, limit: int = 100, cursor: str | None = None) -> TopicPage:
+        """The topics with at least one stream subscribed to them exactly, on every node,
+        with their counts, in topic order: ``limit`` (1 to 1000) per page.
+
+        Raises:
+            InvalidEvent: a bad ``limit`` or ``cursor``.
+            BackendUnavailable: the backend cannot be read.
+        """
+        return await self.engine.topics(limit=limit, cursor=cursor)
+
+    async def disconnect(
+        self, *, user: str | None = None, topic: str | None = None, reason: str | None = None
+    ) -> int:
+        """End the streams of ``user`` and/or on ``topic``, on every node; how many ended.
+
+        ``topic`` may be a pattern: a stream is ended when one of its subscriptions lies
+        within it (``rooms/**`` ends streams on ``rooms/a`` and ``rooms/*``; ``rooms/a``
+        does not end one on ``rooms/**``). With both, a stream must match both. Each
+        stream first gets ``event: disconnect`` with ``{"reason"}``, then a clean end; its
+        client reconnects as usual, and its credentials decide whether it may come back.
+
+        Raises:
+            InvalidEvent: neither ``user`` nor ``topic``; a reason over 1024 characters.
+            InvalidTopic: ``topic`` is not a topic or pattern.
+            BackendUnavailable: the backend cannot be reached (nothing was ended).
+        """
+        return await self.engine.disconnect(user=user, topic=topic, reason=reason)
 
     def connections(self) -> list[Connection]:
         """The open streams (a copy)."""

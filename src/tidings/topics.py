@@ -36,6 +36,7 @@ __all__ = [
     "check_patterns",
     "check_publishable",
     "is_wildcard",
+    "pattern_covers",
     "pattern_matches",
     "task_of",
     "task_topic",
@@ -137,6 +138,32 @@ def pattern_matches(pattern: str, topic: str) -> bool:
         if segment != "*" and segment != topic_segments[position]:
             return False
     return len(pattern_segments) == len(topic_segments)
+
+
+def pattern_covers(outer: str, inner: str) -> bool:
+    """Return whether every topic that ``inner`` matches is matched by ``outer``.
+
+    Both are patterns (a topic is a pattern that matches itself). ``outer`` ``*`` covers any
+    one segment of ``inner`` (``*`` included), a final ``**`` covers the rest, and a
+    wildcard of ``inner`` is covered only by a wildcard of at least its reach. Does not
+    validate.
+
+    >>> pattern_covers("chat/**", "chat/*")
+    True
+    >>> pattern_covers("chat/general", "chat/**")
+    False
+    """
+    outer_segments = outer.split("/")
+    inner_segments = inner.split("/")
+    for position, segment in enumerate(outer_segments):
+        if segment == "**":
+            return True
+        if position >= len(inner_segments):
+            return False
+        wanted = inner_segments[position]
+        if wanted == "**" or (segment != "*" and segment != wanted):
+            return False
+    return len(outer_segments) == len(inner_segments)
 
 
 def task_topic(task_id: str) -> str:

@@ -19,7 +19,20 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from tidings.backends.base import Appended, Deliver, Gap, Replay
+from tidings.backends.base import (
+    Appended,
+    Control,
+    Deliver,
+    Disconnect,
+    Gap,
+    HistoryWindow,
+    PresenceEntry,
+    PresencePage,
+    PresenceUpdate,
+    Replay,
+    TopicPage,
+)
+from tidings.backends.presence import MemoryPresence
 from tidings.events import Draft, Event, EventId, new_epoch
 from tidings.topics import is_wildcard, pattern_matches
 
@@ -55,10 +68,13 @@ class MemoryBackend:
         self._forgotten = 0
         self._idempotency: dict[str, tuple[str, float]] = {}
         self._deliver: Deliver | None = None
+        self._control: Control | None = None
+        self._presence = MemoryPresence()
         self._sweeper: asyncio.Task[None] | None = None
 
-    async def start(self, deliver: Deliver) -> None:
+    async def start(self, deliver: Deliver, control: Control | None = None) -> None:
         self._deliver = deliver
+        self._control = control
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="tidings-memory-sweeper")
 
     async def aclose(self) -> None:
@@ -68,6 +84,7 @@ class MemoryBackend:
                 await self._sweeper
             self._sweeper = None
         self._deliver = None
+        self._control = None
 
     async def append(self, draft: Draft, *, idempotency_key: str | None = None) -> Appended:
         now = time.monotonic()
@@ -117,6 +134,47 @@ class MemoryBackend:
 
     async def ping(self) -> bool:
         return True
+
+    async def history(self, topic: str, *, after: str | None, limit: int) -> HistoryWindow:
+        history = self._topics.get(topic)
+        if history is not None:
+            _trim(history, time.time() - self.history_ttl)
+        events: Sequence[Event] = history.events if history is not None else ()
+        complete = True
+        start = 0
+        if after is not None:
+            parsed = EventId.parse(after)
+            complete = (
+                parsed is not None
+                and parsed.epoch == self.epoch
+                and parsed.seq <= self._seq
+                and parsed.seq >= self._forgotten
+                and (history is None or parsed.seq >= history.evicted)
+            )
+            if parsed is not None and complete:
+                start = bisect.bisect_right(events, parsed.seq, key=_seq_of)
+        found = [events[i] for i in range(start, min(len(events), start + limit))]
+        return HistoryWindow(found, complete, start + limit < len(events))
+
+    async def update_presence(
+        self,
+        node: str,
+        joins: Sequence[PresenceEntry],
+        leaves: Sequence[PresenceEntry],
+        *,
+        final: bool = False,
+    ) -> PresenceUpdate:
+        return self._presence.update(node, joins, leaves, final=final)
+
+    async def presence(self, topic: str, *, limit: int, cursor: str | None) -> PresencePage:
+        return self._presence.page(topic, limit=limit, cursor=cursor)
+
+    async def presence_topics(self, *, limit: int, cursor: str | None) -> TopicPage:
+        return self._presence.topics(limit=limit, cursor=cursor)
+
+    async def disconnect(self, command: Disconnect) -> int:
+        # One process, one node: its handler is the whole hub.
+        return self._control(command) if self._control is not None else 0
 
     def _matching(self, patterns: Sequence[str]) -> list[_TopicHistory]:
         exact = [p for p in patterns if not is_wildcard(p)]

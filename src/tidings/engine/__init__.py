@@ -6,9 +6,11 @@ server and no task service: those sit above it.
 
 from __future__ import annotations
 
+from tidings.engine.access import TaskAccess
 from tidings.engine.connection import Connection
-from tidings.engine.core import Engine, HubStatistics, TaskAccess
+from tidings.engine.core import Engine, HubStatistics
 from tidings.engine.dispatch import Dispatcher
+from tidings.engine.history import History
 from tidings.engine.types import HIGH_WATER, CloseReason, Counters, Sink
 
 __all__ = [
@@ -18,6 +20,7 @@ __all__ = [
     "Counters",
     "Dispatcher",
     "Engine",
+    "History",
     "HubStatistics",
     "Sink",
     "TaskAccess",

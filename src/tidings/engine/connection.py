@@ -63,6 +63,7 @@ class Connection:
         "_waiter",
         "aborter",
         "close_reason",
+        "connection_id",
         "created",
         "end_types",
         "holding",
@@ -93,8 +94,11 @@ class Connection:
         ip: str | None = None,
         release: Callable[[Connection], None] | None = None,
         timed: bool = False,
+        connection_id: str = "",
     ) -> None:
         self._dispatcher = dispatcher
+        #: Unique in the hub (the engine gives it): how presence names this stream.
+        self.connection_id = connection_id
         self._release = release
         #: Frames with the publish time (``time:``), which this stream asked for.
         self.timed = timed
@@ -299,7 +303,7 @@ class Connection:
         # Every event dispatched before the end is queued first (a write-through pass may
         # not have reached this connection yet).
         self._dispatcher.settle_pass()
-        if self.holding and reason in ("shutdown", "max_age", "auth_expired"):
+        if self.holding and reason in ("shutdown", "max_age", "auth_expired", "disconnect"):
             self.drop_events()  # see the module docstring
         ending_now = ("slow", "client")
         if self.close_reason is None or (

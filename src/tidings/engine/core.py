@@ -4,6 +4,10 @@ One data path for everyone: HTTP publishes, in-process ``hub.publish`` calls and
 service all end in :meth:`Engine.append`, which hands the draft to the backend; the backend
 gives it its id and calls the dispatcher (:mod:`tidings.engine.dispatch`) on every node.
 
+Presence (:mod:`tidings.engine.presence`) follows the streams that open and end, history
+and presence are read page by page (:mod:`tidings.engine.history`), and an administrator's
+disconnect ends streams on every node (:mod:`tidings.engine.control`).
+
 The engine knows no HTTP server and no task service. Whoever serves a stream gets a
 :class:`~tidings.engine.connection.Connection` from :meth:`Engine.open_stream`, writes it
 to its client (a sink or ASGI ``send``), and calls :meth:`Connection.finish` when it is
@@ -20,8 +24,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
+import os
 import random
+import secrets
+import socket
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
@@ -29,11 +37,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 import orjson
 
 from tidings.auth.principal import ANONYMOUS, Principal
-from tidings.backends.base import Appended, Backend, Replay
+from tidings.backends.base import Appended, Backend, Disconnect, Replay
 from tidings.config import Settings
+from tidings.engine.access import TaskAccess, check_owner
 from tidings.engine.connection import Connection
+from tidings.engine.control import end_streams
 from tidings.engine.dispatch import Dispatcher
 from tidings.engine.drain import drain
+from tidings.engine.presence import PresenceTracker
+from tidings.engine.server_api import ServerApi
 from tidings.engine.stats import HubStatistics, statistics
 from tidings.errors import BackendUnavailable, InvalidTopic, NotAuthorized, ShuttingDown
 from tidings.events import MAX_ID_BYTES, Draft, EventId, make_draft
@@ -54,20 +66,10 @@ logger = logging.getLogger("tidings.hub")
 _Step = Callable[[Connection], Awaitable[Any]]
 
 
-class TaskAccess(Protocol):
-    """Whether a principal may follow a task's topic (the task service answers)."""
-
-    async def may_watch(self, task_id: str, principal: Principal) -> bool:
-        """Whether the task exists and ``principal`` may read it.
-
-        Raises:
-            BackendUnavailable: the task store cannot be read now.
-        """
-        ...
-
-
-class Engine:
+class Engine(ServerApi):
     """Publish and stream on one backend: the core under :class:`tidings.Hub`.
+
+    Presence, history and the server API are :class:`~tidings.engine.server_api.ServerApi`'s.
 
     Args:
         settings: the hub's settings (queue bounds, keep-alive, limits, ...).
@@ -94,6 +96,14 @@ class Engine:
         #: ``None`` (off) costs the hot path nothing but this check.
         self.tracer: Tracer | None = None
         self.dispatcher = Dispatcher()
+        tag = secrets.token_hex(4)
+        #: This process in the hub: in presence entries, and where dead nodes are found.
+        self.node = f"{socket.gethostname()}:{os.getpid()}:{tag}"
+        self._connection_ids = (f"{tag}-{n:010x}" for n in itertools.count(1))
+        #: This node's streams per topic, sent to the backend (:mod:`.presence`).
+        self.presence_tracker = PresenceTracker(
+            backend, node=self.node, announce=settings.presence_events, publish=self.append
+        )
         #: Held streams whose start waits for the backend or the task store, with the
         #: steps left to take (see ``open_stream``); the ticker retries them.
         self._waiting: dict[Connection, list[_Step]] = {}
@@ -120,11 +130,13 @@ class Engine:
         self.tracer = tracer = make_tracer(self.tracer_provider)
         dispatcher = self.dispatcher
         await self.backend.start(
-            dispatcher.dispatch if tracer is None else dispatcher.traced(tracer)
+            dispatcher.dispatch if tracer is None else dispatcher.traced(tracer),
+            self._run_control,
         )
         self._running = True
         self._closing = False
         self._ticker = asyncio.create_task(self._tick_forever(), name="tidings-hub-ticker")
+        self.presence_tracker.start()
 
     async def aclose(self) -> None:
         """End every stream, stop background work and close the backend."""
@@ -132,6 +144,7 @@ class Engine:
             return
         self.begin_shutdown()
         await self.wait_streams_closed(self.settings.shutdown_grace)
+        await self.presence_tracker.aclose()  # announcements go out while still running
         self._running = False
         self.dispatcher.stop()
         if self._grace_handle is not None:
@@ -333,6 +346,7 @@ class Engine:
             ip=ip,
             release=self.close_stream,
             timed=timed,
+            connection_id=next(self._connection_ids),
         )
         if settings.max_connection_age is not None:
             age = settings.max_connection_age * random.uniform(0.85, 1.0)
@@ -344,6 +358,7 @@ class Engine:
         # The slot is freed in close_stream, the one exit of every registered stream.
         self.limits.streams.acquire(conn, user=principal.user, ip=ip)
         self.dispatcher.register(conn)
+        self.presence_tracker.joined(conn)
         conn.push_raw(self._opening)
         steps: list[_Step] = []
         if checking is not None:
@@ -382,21 +397,8 @@ class Engine:
             del steps[0]
 
     async def _check_owner(self, principal: Principal, task_ids: list[str]) -> None:
-        """Allow topics ``tasks/<id>`` of tasks that ``principal`` may read: its own (SPEC
-        §5), any for an admin, those a worker may publish on.
-
-        A task that does not exist and one that the principal may not read get the same
-        403, so task ids don't leak.
-
-        Raises:
-            NotAuthorized: a task the principal may not read (403).
-            BackendUnavailable: the task store cannot be read.
-        """
-        access = self.task_access
-        for task_id in task_ids:
-            if access is None or not await access.may_watch(task_id, principal):
-                topic = task_topic(task_id)
-                raise NotAuthorized(f"not allowed to subscribe to {topic!r}", code="forbidden")
+        """:func:`~tidings.engine.access.check_owner` with the engine's task access."""
+        await check_owner(self.task_access, principal, task_ids)
 
     async def _check_owner_later(
         self, principal: Principal, task_ids: list[str], conn: Connection
@@ -430,11 +432,16 @@ class Engine:
         self.limits.streams.release(conn)
         if not self.dispatcher.unregister(conn):
             return
+        self.presence_tracker.left(conn)
         self._waiting.pop(conn, None)
         if conn.close_reason is None:
             conn.close("client")
         if not self.dispatcher.live:
             self._closed.set()
+
+    def _run_control(self, command: Disconnect) -> int:
+        """A command from the backend, for this node's streams."""
+        return end_streams(self.dispatcher.live, command)
 
     # -- background ----------------------------------------------------------------------
 

@@ -10,7 +10,10 @@ __all__ = ["HIGH_WATER", "CloseReason", "Counters", "Scheduler", "Sink"]
 C_contra = TypeVar("C_contra", contravariant=True)
 
 #: Why a stream ends. ``slow`` and ``client`` end it at once; the others flush first.
-CloseReason = Literal["end", "shutdown", "max_age", "auth_expired", "slow", "client", "gone"]
+#: ``disconnect``: an administrator ended it (``POST /admin/disconnect``).
+CloseReason = Literal[
+    "end", "shutdown", "max_age", "auth_expired", "disconnect", "slow", "client", "gone"
+]
 
 #: Unsent bytes a sink may hold before frames wait in the queue instead.
 HIGH_WATER = 64 * 1024

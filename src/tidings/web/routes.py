@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.requests import Request
@@ -31,7 +31,8 @@ from starlette.routing import compile_path
 from starlette.types import Receive, Scope, Send
 
 from tidings.tracing import request_context
-from tidings.web import dashboard, endpoints, task_endpoints
+from tidings.web import admin_endpoints, dashboard, endpoints, task_endpoints, topic_endpoints
+from tidings.web.admin_endpoints import DisconnectRequest, DisconnectResponse, TopicsResponse
 from tidings.web.context import HubContext
 from tidings.web.endpoints import ERRORS, PublishRequest, PublishResponse
 from tidings.web.errors import error_response, render
@@ -44,6 +45,7 @@ from tidings.web.task_endpoints import (
     FileUpdateRequest,
     ProgressRequest,
 )
+from tidings.web.topic_endpoints import HistoryResponse, PresenceResponse
 
 __all__ = ["API", "DASHBOARD", "Endpoint", "Routes", "TidingsRoute", "build_router"]
 
@@ -108,6 +110,31 @@ def _list_params(
         str | None, Query(description="pending, running, completed, failed or cancelled.")
     ] = None,
     limit: Annotated[int, Query(description="At most this many (1..1000).")] = 50,
+) -> None: ...
+
+
+_TOPIC = Path(description="A topic (not a pattern), URL-encoded: chat%2Fgeneral.")
+
+
+def _presence_params(
+    topic: Annotated[str, _TOPIC],
+    limit: Annotated[int, Query(description="Entries per page (1..1000).")] = 100,
+    cursor: Annotated[str | None, Query(description="next_cursor of the last page.")] = None,
+) -> None: ...
+
+
+def _history_params(
+    topic: Annotated[str, _TOPIC],
+    since: Annotated[
+        str | None, Query(description="Events after this id (all kept without it).")
+    ] = None,
+    limit: Annotated[int, Query(description="Events per page (1..100).")] = 100,
+) -> None: ...
+
+
+def _topics_params(
+    limit: Annotated[int, Query(description="Topics per page (1..1000).")] = 100,
+    cursor: Annotated[str | None, Query(description="next_cursor of the last page.")] = None,
 ) -> None: ...
 
 
@@ -243,6 +270,55 @@ API: tuple[Endpoint, ...] = (
                 204: {"description": "Last-Event-ID is the terminal event: nothing more to send"},
             },
             "tags": ["tasks"],
+        },
+    ),
+    Endpoint(
+        "/topics/{topic:path}/presence",
+        ("GET",),
+        topic_endpoints.presence,
+        "presence",
+        params=_presence_params,
+        doc={
+            "summary": "Who is subscribed to a topic, on every node",
+            "response_model": PresenceResponse,
+            "tags": ["topics"],
+        },
+    ),
+    Endpoint(
+        "/topics/{topic:path}/history",
+        ("GET",),
+        topic_endpoints.history,
+        "history",
+        params=_history_params,
+        doc={
+            "summary": "A topic's events, oldest first",
+            "response_model": HistoryResponse,
+            "tags": ["topics"],
+        },
+    ),
+    Endpoint(
+        "/admin/disconnect",
+        ("POST",),
+        admin_endpoints.disconnect,
+        "disconnect",
+        body=DisconnectRequest,
+        body_required=True,
+        doc={
+            "summary": "End the streams of a user or on a topic, on every node (admins)",
+            "response_model": DisconnectResponse,
+            "tags": ["admin"],
+        },
+    ),
+    Endpoint(
+        "/admin/topics",
+        ("GET",),
+        admin_endpoints.topics,
+        "topics",
+        params=_topics_params,
+        doc={
+            "summary": "The topics with subscribers, on every node (admins)",
+            "response_model": TopicsResponse,
+            "tags": ["admin"],
         },
     ),
     # The browser client, so an embedded app serves it under its prefix too.

@@ -13,13 +13,27 @@ import contextlib
 import heapq
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Final
 
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
-from tidings.backends.base import Appended, Deliver, Gap, Replay
+from tidings.backends.base import (
+    Appended,
+    Control,
+    Deliver,
+    Disconnect,
+    Gap,
+    HistoryWindow,
+    PresenceEntry,
+    PresencePage,
+    PresenceUpdate,
+    Replay,
+    TopicPage,
+)
+from tidings.backends.presence import NODE_TIMEOUT
 from tidings.backends.redis.client import open_clients
+from tidings.backends.redis.control import ControlChannel
 from tidings.backends.redis.encoding import (
     append_arguments,
     as_text,
@@ -27,8 +41,11 @@ from tidings.backends.redis.encoding import (
     parse_appended,
     seq_of,
 )
+from tidings.backends.redis.errors import unavailable
+from tidings.backends.redis.history import read_history
 from tidings.backends.redis.keys import RedisKeys
 from tidings.backends.redis.outbox import Outbox
+from tidings.backends.redis.presence import RedisPresence
 from tidings.backends.redis.reader import BLOCK_MS, LogReader
 from tidings.backends.redis.scripts import APPEND_SCRIPT, PRUNE_BATCH, START_SCRIPT, SWEEP_SCRIPT
 from tidings.errors import BackendUnavailable
@@ -58,6 +75,8 @@ class RedisBackend:
         batch: events a reader takes from the log per read.
         max_connections: connections for publishes and resumes; more concurrent calls wait
             for one.
+        node_timeout: seconds after which a node that stopped updating its presence is
+            taken for dead, and its entries removed.
 
     Errors: every method raises :class:`~tidings.errors.BackendUnavailable` (with the
     redis-py error as ``__cause__``) while Redis cannot be reached; :meth:`ping` returns
@@ -76,6 +95,7 @@ class RedisBackend:
         log_ttl: float | None = None,
         batch: int = 512,
         max_connections: int = 50,
+        node_timeout: float = NODE_TIMEOUT,
     ) -> None:
         self.url = url
         self.history_size = history_size
@@ -103,14 +123,19 @@ class RedisBackend:
         #: The highest seq this node has seen: the floor of a new epoch's counter.
         self._high_seq = 0
         self._log = LogReader(self._reader_redis, self.keys, batch=batch, note_head=self._note_head)
+        self._presence = RedisPresence(self._redis, self.keys, node_timeout=node_timeout)
+        # The subscription takes a connection of the reader's pool, as the XREAD does.
+        self._control = ControlChannel(self._reader_redis, self._redis, self.keys)
+        self._listener: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"<RedisBackend prefix={self.keys.prefix!r}>"
 
     # -- lifecycle ---------------------------------------------------------------------
 
-    async def start(self, deliver: Deliver) -> None:
-        """Find (or create) the epoch and the end of the log, then start the reader.
+    async def start(self, deliver: Deliver, control: Control | None = None) -> None:
+        """Find (or create) the epoch and the end of the log, then start the reader (and,
+        with ``control``, the subscription to control commands).
 
         If Redis cannot be reached, the reader starts from "now" by the local clock and
         connects when Redis is back.
@@ -123,6 +148,15 @@ class RedisBackend:
                 "redis is unreachable at start (%s); serving anyway and retrying", exc.__cause__
             )
             self._log.log_id = f"{int(time.time() * 1000)}-0"
+        if control is not None:
+            self._control.handler = control
+            # Subscribed before start returns when Redis answers, so that a command sent
+            # right after reaches this node too; else the listener keeps trying.
+            if self._log.reading:
+                await self._control.subscribe()
+            self._listener = asyncio.create_task(
+                self._control.listen_forever(), name="tidings-redis-control"
+            )
         self._sender = asyncio.create_task(self._outbox.send_forever(), name="tidings-redis-sender")
         self._reader = asyncio.create_task(self._log.read_forever(), name="tidings-redis-reader")
         self._sweeper = asyncio.create_task(self._sweep_forever(), name="tidings-redis-sweeper")
@@ -130,8 +164,10 @@ class RedisBackend:
     async def aclose(self) -> None:
         """Cancel and await the reader and the sweeper, then close the connection pools."""
         self._closing = True
-        self._outbox.closing = self._log.closing = True
-        tasks = [t for t in (self._sender, self._reader, self._sweeper) if t is not None]
+        self._outbox.closing = self._log.closing = self._control.closing = True
+        tasks = [
+            t for t in (self._sender, self._reader, self._sweeper, self._listener) if t is not None
+        ]
         for task in tasks:
             task.cancel()
         while pending := [task for task in tasks if not task.done()]:
@@ -143,7 +179,8 @@ class RedisBackend:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self._sender = self._reader = self._sweeper = None
+        self._sender = self._reader = self._sweeper = self._listener = None
+        await self._control.aclose()
         self._outbox.fail_all()
         self._log.deliver = None
         await self._reader_redis.aclose()
@@ -161,7 +198,7 @@ class RedisBackend:
             floor=self._high_seq,
         )
         if self._sender is None or self._closing:  # not started, or closed
-            with _unavailable("publish"):
+            with unavailable("publish"):
                 reply = await self._append(keys=keys, args=args)
         else:
             reply = await self._outbox.submit(keys, args)
@@ -188,7 +225,7 @@ class RedisBackend:
         wild = [p for p in patterns if is_wildcard(p)]
         upto = "+"
         first_epoch: str | None = None
-        with _unavailable("replay"):
+        with unavailable("replay"):
             if wild:
                 # The topic list and the counter in one snapshot; events after it reach the
                 # stream live (it is registered before replay), so reading only up to that
@@ -261,12 +298,41 @@ class RedisBackend:
         except (RedisError, OSError):
             return False
 
+    async def history(self, topic: str, *, after: str | None, limit: int) -> HistoryWindow:
+        return await read_history(
+            self._redis,
+            self.keys,
+            topic,
+            after=after,
+            limit=limit,
+            history_ttl=self.history_ttl,
+        )
+
+    async def update_presence(
+        self,
+        node: str,
+        joins: Sequence[PresenceEntry],
+        leaves: Sequence[PresenceEntry],
+        *,
+        final: bool = False,
+    ) -> PresenceUpdate:
+        return await self._presence.update(node, joins, leaves, final=final)
+
+    async def presence(self, topic: str, *, limit: int, cursor: str | None) -> PresencePage:
+        return await self._presence.page(topic, limit=limit, cursor=cursor)
+
+    async def presence_topics(self, *, limit: int, cursor: str | None) -> TopicPage:
+        return await self._presence.topics(limit=limit, cursor=cursor)
+
+    async def disconnect(self, command: Disconnect) -> int:
+        return await self._control.disconnect(command)
+
     # -- helpers -------------------------------------------------------------------------
 
     async def _head(self) -> tuple[str, int]:
         """The current epoch (created if it vanished) and counter."""
         keys = self.keys
-        with _unavailable("read the head"):
+        with unavailable("read the head"):
             pipe = self._redis.pipeline(transaction=True)
             pipe.get(keys.epoch)
             pipe.get(keys.seq)
@@ -294,7 +360,7 @@ class RedisBackend:
 
     async def _sync_start(self) -> None:
         """Create the epoch if needed and place the reader at the end of the log."""
-        with _unavailable("start"):
+        with unavailable("start"):
             reply = await self._start(keys=self.keys.common, args=self._start_args())
         epoch, log_id, seq = as_text(reply[0]), as_text(reply[1]), int(reply[2])
         self._note_head(epoch, seq)
@@ -328,20 +394,6 @@ class RedisBackend:
         ]
         while int(await self._sweep(keys=self.keys.common, args=args)) >= PRUNE_BATCH:
             pass
-
-
-@contextlib.contextmanager
-def _unavailable(what: str) -> Iterator[None]:
-    """Translate every redis-py and socket error into :class:`BackendUnavailable`."""
-    try:
-        yield
-    except RedisError as exc:
-        if isinstance(exc, ResponseError):
-            # Not a lost link: a script error, an OOM, a read-only replica. Say what.
-            logger.error("redis refused to %s: %s", what, exc)
-        raise BackendUnavailable(f"the backend is unavailable ({what})") from exc
-    except OSError as exc:
-        raise BackendUnavailable(f"the backend is unavailable ({what})") from exc
 
 
 def _literal_prefix(pattern: str) -> str:

@@ -13,6 +13,20 @@ Keys (``prefix`` defaults to ``tidings``; every node and publisher must use the 
     {p}:forgotten   string  highest seq of the topics pruned altogether
     {p}:idem:<key>  string  the first id published with an idempotency key (PX 300 s)
 
+Presence (:mod:`tidings.backends.redis.presence`) and control::
+
+    {p}:p:t:<topic> zset    the topic's streams: members <connection id>\0<JSON [user,
+                            node, since]>, all scored 0 (ZRANGEBYLEX pages by connection
+                            id; ZCARD is the count, O(1))
+    {p}:p:topics    zset    topics with at least one stream, all scored 0 (pages by name)
+    {p}:p:nodes     zset    node -> its last update (ms, Redis's clock): the heartbeat
+    {p}:p:n:<node>  set     <topic>\0<member> of every entry the node wrote (what to
+                            remove when it dies)
+    {p}:p:d:<node>  set     the same, of a dead node, while its entries are being removed
+    {p}:p:reaping   set     dead nodes whose entries are being removed
+    {p}:control     channel control commands (pub/sub): ``POST /admin/disconnect``
+    {p}:reply:<id>  list    each node's answer to one command (PX 30 s)
+
 Scripts touch keys they compute from the prefix, so this layout wants one Redis (or one
 hash slot: put the prefix in braces, ``{tidings}``, on Redis Cluster). Needs Redis 6.2+.
 """
@@ -80,3 +94,27 @@ class RedisKeys:
     def idempotency(self, key: str) -> str:
         """The key remembering a publish's idempotency key."""
         return f"{self.prefix}:idem:{key}"
+
+    @property
+    def presence_prefix(self) -> str:
+        """What every presence key starts with (the scripts add the rest)."""
+        return f"{self.prefix}:p:"
+
+    @property
+    def presence_common(self) -> list[str]:
+        """The keys the presence script takes: the topic list, the nodes, the reaping set."""
+        p = self.presence_prefix
+        return [f"{p}topics", f"{p}nodes", f"{p}reaping"]
+
+    def presence(self, topic: str) -> str:
+        """The sorted set of ``topic``'s streams."""
+        return f"{self.prefix}:p:t:{topic}"
+
+    @property
+    def control(self) -> str:
+        """The pub/sub channel of control commands."""
+        return f"{self.prefix}:control"
+
+    def reply(self, command_id: str) -> str:
+        """The list where nodes answer the control command ``command_id``."""
+        return f"{self.prefix}:reply:{command_id}"

@@ -66,7 +66,7 @@ const END_TYPES = new Set(["task_completed", "task_failed", "task_cancelled", "t
 /** Every type a task stream sends. */
 const TASK_TYPES = ["task_progress", "file_update", ...END_TYPES, "auth_expired"];
 /** Types the hub itself sends on topic streams. */
-const HUB_TYPES = ["message", "gap", "auth_expired"];
+const HUB_TYPES = ["message", "gap", "auth_expired", "disconnect"];
 /** Statuses that retrying cannot change: the request itself is refused. */
 const REFUSED = new Set([400, 401, 403, 404, 405, 410, 413, 414, 422, 431]);
 /** Recent events a leader keeps per topic stream, for a tab that joins with an id. */
