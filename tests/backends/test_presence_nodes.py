@@ -14,13 +14,11 @@ import httpx
 import orjson
 import redis.asyncio
 
-from tests.backends.test_cluster import StartNodes, http, start_nodes
+from tests.backends.conftest import StartNodes
 from tests.conftest import ServerProcess, until
 from tests.web._security import open_stream, topics
 from tidings import Hub
 from tidings.backends.redis import RedisBackend
-
-__all__ = ["http", "start_nodes"]  # the fixtures this module uses
 
 
 async def presence(http: httpx.AsyncClient, node: ServerProcess, topic: str) -> dict[str, Any]:
